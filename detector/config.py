@@ -1,0 +1,142 @@
+"""Every recipe value in one place, each a dataclass field with its default.
+
+The defaults follow the RetinaNet paper (Lin et al., 2017) except where a small
+CPU-trained canvas needs otherwise; those fields say why in their comment.
+`add_arguments` / `from_arguments` expose every field as a `--flag` so the
+command lines of `detector.train` and `detector.evaluate` stay in sync with it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    canvas_size: int = 160
+    # Side of a digit's box, sqrt(w * h), drawn log-uniformly so that COCO's small
+    # (< 32 px), medium and large (> 96 px) objects all occur.
+    min_object_size: float = 12.0
+    max_object_size: float = 128.0
+    min_digits: int = 2
+    max_digits: int = 5
+    # Fraction of the 1797 scikit-learn digits reserved for the test images.
+    test_digit_fraction: float = 0.25
+    num_test_images: int = 300
+    seed: int = 0
+    # Train/evaluate on a COCO-format folder instead of the generated digits.
+    coco_images: str = ""
+    coco_annotations: str = ""
+    coco_test_images: str = ""
+    coco_test_annotations: str = ""
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 10
+    # "small" is a from-scratch CPU-sized backbone; resnet18/34/50 are torchvision's.
+    backbone: str = "small"
+    backbone_width: int = 32
+    backbone_weights: str = ""  # optional path to a local state_dict; nothing is downloaded
+    fpn_channels: int = 64
+    head_convs: int = 4
+    head_norm: str = "gn"  # "gn", "bn" or "none"; see README for the measurement
+    prior_prob: float = 0.01
+    # Anchor base size = multiple x stride. The paper uses 4 (32 px on P3); our
+    # digits go down to 12 px, so 2 keeps the smallest anchor at 16 px.
+    anchor_size_multiple: float = 2.0
+    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    fg_iou_threshold: float = 0.5
+    bg_iou_threshold: float = 0.4
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss: str = "smooth_l1"  # "smooth_l1", "l1" or "giou"
+    smooth_l1_beta: float = 0.1
+    score_threshold: float = 0.05
+    topk_per_level: int = 1000
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "fused"  # "fused" (focal_loss_ext) or "torchvision"
+    batch_size: int = 16
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_steps: int = 200
+    max_steps: int = 20000
+    # Wall-clock budget. The cosine schedule follows whichever of steps or minutes
+    # runs out first, so a slower (shared) machine still ends at a low learning
+    # rate; 0 disables it and makes the schedule a pure function of the step.
+    max_minutes: float = 30.0
+    grad_clip: float = 10.0
+    output_dir: str = "runs/default"
+    checkpoint_every: int = 200
+    log_every: int = 20
+    resume: bool = True
+    threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
+    device: str = ""  # "" picks cuda when present
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        def build(kind, section):
+            known = {f.name: f for f in dataclasses.fields(kind)}
+            kwargs = {}
+            for key, value in section.items():
+                if key in known:
+                    kwargs[key] = tuple(value) if isinstance(value, list) else value
+            return kind(**kwargs)
+
+        return cls(
+            data=build(DataConfig, values.get("data", {})),
+            model=build(ModelConfig, values.get("model", {})),
+            train=build(TrainConfig, values.get("train", {})),
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--field-name` per config field, defaulting to None (= keep the config's)."""
+    for section in (DataConfig, ModelConfig, TrainConfig):
+        group = parser.add_argument_group(section.__name__)
+        for f in dataclasses.fields(section):
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if isinstance(default, bool):
+                group.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL")
+            elif isinstance(default, tuple):
+                group.add_argument(flag, type=float, nargs="+", default=None)
+            else:
+                group.add_argument(flag, type=type(default), default=None)
+
+
+def from_arguments(args: argparse.Namespace, base: Config | None = None) -> Config:
+    config = base or Config()
+    for section in (config.data, config.model, config.train):
+        for f in dataclasses.fields(section):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                setattr(section, f.name, tuple(value) if isinstance(value, list) else value)
+    return config
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
