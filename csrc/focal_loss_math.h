@@ -1,0 +1,153 @@
+// The per-element math of the focal-loss family, written once.
+//
+// Every function here is a template over the arithmetic type T so that the CUDA kernel
+// (T = float or double), the scalar CPU loop and the vectorized CPU loop
+// (T = at::vec::Vectorized<float|double>) all call the same formulas. The primitives
+// (exp, log1p, pow, select, ...) are overloaded for scalars below and for at::vec types
+// in cpu/vec_math.h.
+//
+// Stability rules, applied throughout:
+//   log sigmoid(x)       = -softplus(-x)
+//   log(1 - sigmoid(x))  = -softplus(x)
+//   softplus(x)          = max(x, 0) + log1p(exp(-|x|))
+//   1 - sigmoid(x)       = sigmoid(-x)
+// so no probability is ever passed to a log, and exp() only ever sees -|x| <= 0.
+#pragma once
+#define FOCAL_LOSS_EXT_MATH_H
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace focal_loss_ext {
+
+// gamma values with a closed form; General goes through pow().
+enum class GammaKind : int { Zero = 0, One = 1, Two = 2, General = 3 };
+
+inline GammaKind gamma_kind(double gamma) {
+  if (gamma == 0.0) return GammaKind::Zero;
+  if (gamma == 1.0) return GammaKind::One;
+  if (gamma == 2.0) return GammaKind::Two;
+  return GammaKind::General;
+}
+
+// How the reduced loss is formed; the integer values are part of the operator schema.
+enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
+
+template <typename T>
+struct LossGrad {
+  T loss;
+  T grad;  // d loss / d logit
+};
+
+namespace math {
+
+C10_HOST_DEVICE inline float exp(float x) { return ::expf(x); }
+C10_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
+C10_HOST_DEVICE inline float log1p(float x) { return ::log1pf(x); }
+C10_HOST_DEVICE inline double log1p(double x) { return ::log1p(x); }
+C10_HOST_DEVICE inline float abs(float x) { return ::fabsf(x); }
+C10_HOST_DEVICE inline double abs(double x) { return ::fabs(x); }
+C10_HOST_DEVICE inline float pow(float x, float y) { return ::powf(x, y); }
+C10_HOST_DEVICE inline double pow(double x, double y) { return ::pow(x, y); }
+template <typename T>
+C10_HOST_DEVICE inline T select(bool cond, T a, T b) {
+  return cond ? a : b;
+}
+
+}  // namespace math
+
+// sigmoid(x), sigmoid(-x), softplus(x), softplus(-x) from a single exp and a single log1p.
+template <typename T>
+struct SigmoidParts {
+  T sig_pos;  // sigmoid(x)
+  T sig_neg;  // sigmoid(-x) = 1 - sigmoid(x)
+  T sp_pos;   // softplus(x)  = -log(1 - sigmoid(x))
+  T sp_neg;   // softplus(-x) = -log(sigmoid(x))
+};
+
+template <typename T>
+C10_HOST_DEVICE inline SigmoidParts<T> sigmoid_parts(T x) {
+  using math::select;
+  const T zero(0);
+  const T one(1);
+  const T e = math::exp(-math::abs(x));  // in (0, 1]: never overflows
+  const T inv = one / (one + e);          // sigmoid(|x|)
+  const T small = e * inv;                // sigmoid(-|x|)
+  const auto x_nonneg = x >= zero;
+  const T l = math::log1p(e);
+  SigmoidParts<T> p;
+  p.sig_pos = select(x_nonneg, inv, small);
+  p.sig_neg = select(x_nonneg, small, inv);
+  // max(x, 0) written as a select so that a NaN logit stays NaN through every output.
+  p.sp_pos = select(x_nonneg, x, zero) + l;
+  p.sp_neg = select(x_nonneg, zero, -x) + l;
+  return p;
+}
+
+// Soft target after label smoothing s: t (1 - s) + s / 2.
+template <typename T>
+C10_HOST_DEVICE inline T smooth_target(T t, T smoothing) {
+  return t * (T(1) - smoothing) + smoothing * T(0.5);
+}
+
+// Sigmoid focal loss of one logit x against a target t in [0, 1], and its derivative.
+//
+//   ce  = t softplus(-x) + (1 - t) softplus(x)           binary cross-entropy with logits
+//   q   = t sigmoid(-x) + (1 - t) sigmoid(x)             1 - p_t
+//   a_t = alpha_pos t + alpha_neg (1 - t)                 (1 and 1 when alpha is disabled)
+//   FL  = a_t ce q^gamma
+//   dFL/dx = a_t (dce q^gamma + ce d(q^gamma)),  dce = sigmoid(x) - t,
+//   d(q^gamma) = gamma q^(gamma - 1) (1 - 2t) sigmoid(x) sigmoid(-x).
+// For gamma < 1 the factor q^(gamma - 1) is unbounded as q -> 0, so the general case writes
+// it as gamma q^gamma r with r = sigmoid(x) sigmoid(-x) / q, which stays in [0, 1] because q
+// is a convex combination of sigmoid(x) and sigmoid(-x); r is taken as 0 where q underflows
+// to 0 (there q^gamma = 0 already).
+template <GammaKind kGamma, typename T>
+C10_HOST_DEVICE inline LossGrad<T> sigmoid_focal_term(T x, T t, T alpha_pos, T alpha_neg, T gamma) {
+  const T one(1);
+  const SigmoidParts<T> p = sigmoid_parts(x);
+  const T not_t = one - t;
+  const T ce = t * p.sp_neg + not_t * p.sp_pos;
+  const T dce = p.sig_pos - t;
+  const T a_t = alpha_pos * t + alpha_neg * not_t;
+  LossGrad<T> out;
+  if constexpr (kGamma == GammaKind::Zero) {
+    out.loss = a_t * ce;
+    out.grad = a_t * dce;
+  } else {
+    const T q = t * p.sig_neg + not_t * p.sig_pos;
+    const T dq = (one - t - t) * p.sig_pos * p.sig_neg;  // dq/dx
+    T q_gamma;
+    T dq_gamma;
+    if constexpr (kGamma == GammaKind::One) {
+      q_gamma = q;
+      dq_gamma = dq;
+    } else if constexpr (kGamma == GammaKind::Two) {
+      q_gamma = q * q;
+      dq_gamma = (q + q) * dq;
+    } else {
+      const T zero(0);
+      q_gamma = math::pow(q, gamma);
+      const auto q_pos = q > zero;
+      const T r = math::select(q_pos, dq / math::select(q_pos, q, one), zero);
+      dq_gamma = gamma * q_gamma * r;
+    }
+    out.loss = a_t * ce * q_gamma;
+    out.grad = a_t * (dce * q_gamma + ce * dq_gamma);
+  }
+  return out;
+}
+
+// The per-element rule handed to the kernel loops (CPU and CUDA): the sigmoid focal loss
+// with gamma fixed at compile time where a closed form exists.
+template <GammaKind kGamma>
+struct SigmoidFocal {
+  template <typename T>
+  C10_HOST_DEVICE inline LossGrad<T> operator()(T x, T t, T alpha_pos, T alpha_neg, T gamma) const {
+    return sigmoid_focal_term<kGamma>(x, t, alpha_pos, alpha_neg, gamma);
+  }
+};
+
+}  // namespace focal_loss_ext

@@ -1,0 +1,83 @@
+// Host-side description of one sigmoid focal loss call, shared by the CPU and CUDA backends.
+//
+// make_sigmoid_focal_problem() validates the user's arguments (every message names the
+// argument), puts every tensor in the layout the kernels read, and allocates the outputs, so
+// that each backend only has to run its loop over rows x classes.
+//
+// The byte budget that the design is built around (float32 logits, integer labels):
+//   forward:  logits read once (4 B/elem), labels read once (8 B/row = 0.1 B/elem at K = 80),
+//             d loss/d logit written once (4 B/elem) -- the loss itself is reduced on chip;
+//   backward: grad_output (a scalar for "sum"/"mean") and grad_scale read on the device; if
+//             their product is exactly 1 -- plain loss.backward() with the normalizer folded
+//             into the forward -- no element is touched and the saved buffer is the gradient.
+// So forward + backward move ~8.1 B/elem, the floor for any implementation that reads the
+// logits and writes the gradient once.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include "focal_loss_math.h"
+
+namespace focal_loss_ext {
+
+struct SigmoidFocalProblem {
+  // Inputs in kernel layout.
+  at::Tensor inputs;      // contiguous logits, viewed as (rows, classes)
+  at::Tensor targets;     // float form: contiguous, inputs' dtype and shape; label form: int64 (rows)
+  bool labels = false;    // true: targets are one integer label per row
+  at::Tensor alpha;       // optional per-class alpha (classes), opmath dtype, contiguous
+  at::Tensor weight;      // optional per-row weight (rows), opmath dtype, contiguous
+  at::Tensor normalizer;  // optional 0-dim divisor, opmath dtype, on the inputs' device
+  double alpha_pos = 1;   // scalar alpha for the positive term (1 when disabled)
+  double alpha_neg = 1;   // scalar alpha for the negative term
+  double gamma = 2;
+  double smoothing = 0;
+  int64_t ignore_index = -1;
+  int64_t rows = 0;
+  int64_t classes = 0;
+  Reduction reduction = Reduction::None;
+  bool compute_grad = false;
+  // Factor known on the host: the caller's scale (1 / a float normalizer) and, for "mean"
+  // with float targets, 1 / numel. The device normalizer and the label-form count of
+  // non-ignored elements are applied on the device.
+  double host_factor = 1;
+  // Divide by the number of non-ignored elements at the end ("mean" with labels).
+  bool mean_over_count = false;
+  // Store the gradient already multiplied by the loss factor. Not for float16: a factor such
+  // as 1 / numel would push small gradients below float16's range even when the final,
+  // loss-scaled gradient is representable; float16 keeps it in grad_scale instead.
+  bool fold_into_grad = true;
+
+  // Outputs.
+  at::Tensor loss;        // reduced: 0-dim; "none": inputs' shape; inputs' dtype
+  at::Tensor grad_input;  // d loss / d inputs, inputs' shape and dtype ((0,) when not computed)
+  at::Tensor grad_scale;  // 0-dim opmath: what grad_input must still be multiplied by
+};
+
+SigmoidFocalProblem make_sigmoid_focal_problem(
+    const at::Tensor& inputs,
+    const at::Tensor& targets,
+    const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& normalizer,
+    double alpha,
+    double gamma,
+    double scale,
+    double label_smoothing,
+    int64_t ignore_index,
+    int64_t reduction,
+    bool compute_grad);
+
+// Validation shared by the backends' scale_grad_ implementations; returns true when
+// grad_output is a single value (the reduced-loss case that the kernels handle).
+bool check_scale_grad_args(const at::Tensor& grad_input,
+                           const at::Tensor& grad_output,
+                           const at::Tensor& grad_scale);
+
+// The general (reduction "none") case: grad_input *= grad_output * grad_scale, in opmath.
+void scale_grad_elementwise_(at::Tensor& grad_input,
+                             const at::Tensor& grad_output,
+                             const at::Tensor& grad_scale);
+
+}  // namespace focal_loss_ext

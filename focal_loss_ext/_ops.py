@@ -1,0 +1,83 @@
+"""Python-side registrations of the ``focal_loss_ext`` operators: fake kernels and autograd.
+
+The schemas live in ``csrc/sigmoid_focal_loss.cpp`` (``TORCH_LIBRARY``); the CPU and CUDA
+kernels register themselves there too. Here we add what torch.compile and autograd need:
+shape-only (fake) kernels, and a backward that consumes the gradient the forward pass has
+already computed.
+
+How the backward stays cheap and correct:
+
+* The forward writes ``grad_input`` = d loss / d inputs, already divided by the normalizer
+  (except for float16, see ``grad_scale``), so for ``loss.backward()`` the only thing left is
+  a multiplication by ``grad_output * grad_scale``. ``scale_grad_`` reads that product on the
+  device and skips the pass entirely when it is exactly 1; the buffer then *is* the gradient,
+  and autograd hands it to ``.grad`` without a copy.
+* The buffer is handed out once. ``scale_grad_`` modifies it in place, so a second backward
+  through the same graph (``retain_graph=True``) cannot reuse it: it recomputes a fresh one
+  from the saved inputs with the same kernel (bit-identical), then scales that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loads the kernels and the schemas)
+
+_NUM_FORWARD_ARGS = 12
+_OPS = torch.ops.focal_loss_ext
+
+
+def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("focal_loss_ext::sigmoid_focal_loss")
+def _sigmoid_focal_loss_fake(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma, scale,
+                             label_smoothing, ignore_index, reduction, compute_grad):
+    torch._check(inputs.dim() >= 1, lambda: "inputs must have shape (..., K)")
+    torch._check(inputs.dtype.is_floating_point, lambda: f"inputs must be floating, got {inputs.dtype}")
+    if targets.dtype.is_floating_point:
+        torch._check(targets.shape == inputs.shape,
+                     lambda: f"floating targets must have inputs' shape {tuple(inputs.shape)}, got {tuple(targets.shape)}")
+    else:
+        torch._check(targets.shape == inputs.shape[:-1],
+                     lambda: f"integer targets must have shape {tuple(inputs.shape[:-1])}, got {tuple(targets.shape)}")
+    torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
+    loss = inputs.new_empty(inputs.shape if reduction == 0 else ())
+    grad = inputs.new_empty(inputs.shape) if compute_grad else inputs.new_empty((0,))
+    grad_scale = inputs.new_empty((), dtype=_opmath_dtype(inputs.dtype))
+    return loss, grad, grad_scale
+
+
+@torch.library.register_fake("focal_loss_ext::scale_grad_")
+def _scale_grad_fake(grad_input, grad_output, grad_scale):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    x, targets, alpha_per_class, weight, normalizer, *scalars = inputs
+    _, grad_input, grad_scale = output
+    ctx.set_materialize_grads(False)  # never build zero tensors for the grad_input/grad_scale outputs
+    ctx.mark_non_differentiable(grad_input, grad_scale)
+    ctx.grad_input = grad_input if scalars[-1] else None  # scalars[-1] is compute_grad
+    ctx.grad_scale = grad_scale
+    ctx.scalars = tuple(scalars[:-1])
+    ctx.save_for_backward(x, targets, alpha_per_class, weight, normalizer)
+
+
+def _backward(ctx, grad_loss, _grad_of_grad_input, _grad_of_grad_scale):
+    nones = (None,) * (_NUM_FORWARD_ARGS - 1)
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) + nones
+    grad_input, grad_scale = ctx.grad_input, ctx.grad_scale
+    ctx.grad_input = None  # handed out below; a later backward must not see it again
+    if grad_input is None:
+        # Second backward through a retained graph, or the forward ran without grad mode.
+        x, targets, alpha_per_class, weight, normalizer = ctx.saved_tensors
+        _, grad_input, grad_scale = _OPS.sigmoid_focal_loss(
+            x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
+    _OPS.scale_grad_(grad_input, grad_loss, grad_scale)
+    return (grad_input,) + nones
+
+
+torch.library.register_autograd("focal_loss_ext::sigmoid_focal_loss", _backward, setup_context=_setup_context)

@@ -1,0 +1,82 @@
+"""Builds focal_loss_ext._C: the CPU kernel always, the CUDA kernel when nvcc and a CUDA build
+of PyTorch are present (a GPU is not needed to build it).
+
+Build settings, read from the environment:
+  FOCAL_LOSS_EXT_CUDA     auto (default): build the CUDA kernel when possible; 1: require it; 0: skip it
+  FOCAL_LOSS_EXT_DEBUG    1: -O0 -g (and -G for device code); default 0
+  TORCH_CUDA_ARCH_LIST    CUDA targets, e.g. "9.0" or "8.0;9.0". Default: the visible GPUs'
+                          architectures, or DEFAULT_ARCHS below when no GPU is visible
+  MAX_JOBS                parallel compile jobs (ninja)
+
+PyTorch must be installed first and visible to the build: pip install --no-build-isolation .
+"""
+
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # build isolation, or torch not installed
+    sys.exit(
+        "focal_loss_ext needs PyTorch at build time, and pip's build isolation hides it.\n"
+        "Install torch first, then build against it:\n"
+        "    pip install torch\n"
+        "    pip install --no-build-isolation .")
+
+# Used when no GPU is visible: Turing to Hopper as machine code, plus PTX for newer GPUs.
+DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+WITH_CUDA = os.environ.get("FOCAL_LOSS_EXT_CUDA", "auto").lower()
+DEBUG = os.environ.get("FOCAL_LOSS_EXT_DEBUG", "0") == "1"
+if WITH_CUDA not in ("auto", "0", "1"):
+    sys.exit(f"FOCAL_LOSS_EXT_CUDA must be auto, 0 or 1, got {WITH_CUDA!r}")
+cuda_possible = torch.version.cuda is not None and CUDA_HOME is not None
+if WITH_CUDA == "1" and not cuda_possible:
+    sys.exit(f"FOCAL_LOSS_EXT_CUDA=1 but cannot build CUDA code: torch.version.cuda={torch.version.cuda}, "
+             f"CUDA_HOME={CUDA_HOME}")
+build_cuda = WITH_CUDA == "1" or (WITH_CUDA == "auto" and cuda_possible)
+if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs") if build_cuda else ""
+
+print(f"focal_loss_ext build: torch {torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME={CUDA_HOME}, "
+      f"cuda kernel={'yes' if build_cuda else 'no'} (FOCAL_LOSS_EXT_CUDA={WITH_CUDA}), "
+      f"TORCH_CUDA_ARCH_LIST={arch_list or '-'}, debug={DEBUG}, MAX_JOBS={os.environ.get('MAX_JOBS', '-')}")
+
+sources = [
+    "csrc/module.cpp",
+    "csrc/sigmoid_focal_loss.cpp",
+    "csrc/cpu/sigmoid_focal_loss_kernel.cpp",
+    "csrc/cpu/rows_default.cpp",
+    "csrc/cpu/rows_avx2.cpp",
+]
+opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+cxx_flags = opt + ["-fdiagnostics-color=always"]  # the C++ standard is the one torch asks for
+nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"]
+define_macros = []
+if build_cuda:
+    sources.append("csrc/cuda/sigmoid_focal_loss_kernel.cu")
+    define_macros += [("FOCAL_LOSS_EXT_WITH_CUDA", None), ("FOCAL_LOSS_EXT_CUDA_ARCHS", f'"{arch_list}"')]
+    extension = CUDAExtension
+    extra_compile_args = {"cxx": cxx_flags, "nvcc": nvcc_flags}
+else:
+    extension = CppExtension
+    extra_compile_args = {"cxx": cxx_flags}
+
+setup(
+    packages=find_packages(include=["focal_loss_ext", "focal_loss_ext.*"]),
+    ext_modules=[
+        extension(
+            "focal_loss_ext._C",
+            sources,
+            define_macros=define_macros,
+            extra_compile_args=extra_compile_args,
+            py_limited_api=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
