@@ -45,9 +45,7 @@ def make_inputs(
     logits = torch.randn(anchors, classes, generator=generator, device=device).to(dtype)
     is_positive = torch.rand(anchors, generator=generator, device=device) < POSITIVE_FRACTION
     labels = torch.full((anchors,), classes, dtype=torch.int64, device=device)
-    labels[is_positive] = torch.randint(
-        0, classes, (int(is_positive.sum()),), generator=generator, device=device
-    )
+    labels[is_positive] = torch.randint(0, classes, (int(is_positive.sum()),), generator=generator, device=device)
     onehot = torch.zeros(anchors, classes, dtype=dtype, device=device)
     onehot[is_positive, labels[is_positive]] = 1
     num_pos = is_positive.sum().clamp(min=1).to(torch.float32)
@@ -66,15 +64,11 @@ class Implementation:
 
 
 def _ours_int() -> LossFn:
-    return lambda x: sigmoid_focal_loss(
-        x.logits, x.labels, ALPHA, GAMMA, reduction="sum", normalizer=x.num_pos
-    )
+    return lambda x: sigmoid_focal_loss(x.logits, x.labels, ALPHA, GAMMA, reduction="sum", normalizer=x.num_pos)
 
 
 def _ours_float() -> LossFn:
-    return lambda x: sigmoid_focal_loss(
-        x.logits, x.onehot, ALPHA, GAMMA, reduction="sum", normalizer=x.num_pos
-    )
+    return lambda x: sigmoid_focal_loss(x.logits, x.onehot, ALPHA, GAMMA, reduction="sum", normalizer=x.num_pos)
 
 
 def _reference_int() -> LossFn:
@@ -112,8 +106,7 @@ IMPLEMENTATIONS = {
         Implementation("torchvision-compile", "float", _torchvision_compiled, compiled=True),
         Implementation("reference-int", "int", _reference_int),
     )
-    if impl.name != "reference-int"
-    or sigmoid_focal_loss_reference is not torchvision_sigmoid_focal_loss
+    if impl.name != "reference-int" or sigmoid_focal_loss_reference is not torchvision_sigmoid_focal_loss
 }
 
 

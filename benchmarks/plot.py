@@ -16,9 +16,7 @@ def plot(rows: list[dict], impls: list[str], title: str, path: Path) -> bool:
         return False
 
     panels = list(dict.fromkeys((row["mode"], row["dtype"]) for row in rows))
-    fig, axes = plt.subplots(
-        2, len(panels), figsize=(5 * len(panels), 8), squeeze=False, sharex="col"
-    )
+    fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 8), squeeze=False, sharex="col")
     colors = {name: f"C{i}" for i, name in enumerate(impls)}
     others = [name for name in impls if not name.startswith("ours")]
 
@@ -36,22 +34,17 @@ def plot(rows: list[dict], impls: list[str], title: str, path: Path) -> bool:
                 [r["median_ms"] - r["q25_ms"] for r in series],
                 [r["q75_ms"] - r["median_ms"] for r in series],
             ]
-            time_ax.errorbar(anchors, median, yerr=spread, marker="o", capsize=3,
-                             color=colors[name], label=name)
+            time_ax.errorbar(anchors, median, yerr=spread, marker="o", capsize=3, color=colors[name], label=name)
 
         for ours, style in (("ours-int", "-"), ("ours-float", "--")):
             series = sorted((r for r in panel_rows if r["impl"] == ours), key=lambda r: r["anchors"])
             for other in others:
-                points = [(r["anchors"], r["speedup_vs"][other]) for r in series
-                          if other in r["speedup_vs"]]
+                points = [(r["anchors"], r["speedup_vs"][other]) for r in series if other in r["speedup_vs"]]
                 if points:
-                    speedup_ax.plot(*zip(*points), style, marker="o", color=colors[other],
-                                    label=f"{ours} vs {other}")
+                    speedup_ax.plot(*zip(*points), style, marker="o", color=colors[other], label=f"{ours} vs {other}")
 
-        time_ax.set(xscale="log", yscale="log", ylabel="median time per call (ms)",
-                    title=f"{mode}, {dtype}")
-        speedup_ax.set(xscale="log", yscale="log", xlabel="anchors (× 80 classes)",
-                       ylabel="speed-up of ours (×)")
+        time_ax.set(xscale="log", yscale="log", ylabel="median time per call (ms)", title=f"{mode}, {dtype}")
+        speedup_ax.set(xscale="log", yscale="log", xlabel="anchors (× 80 classes)", ylabel="speed-up of ours (×)")
         speedup_ax.axhline(1.0, color="grey", linewidth=0.8)
         for ax in (time_ax, speedup_ax):
             ax.grid(True, which="both", alpha=0.3)

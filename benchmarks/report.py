@@ -18,9 +18,7 @@ def git_commit() -> str:
     """HEAD's hash, with '+dirty' when tracked files differ from it."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -56,6 +54,11 @@ def environment(device: torch.device, threads: int) -> dict:
         "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def short_commit(env: dict) -> str:
+    commit = env["git_commit"]
+    return commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def output_stem(env: dict, quick: bool) -> str:
@@ -133,14 +136,30 @@ def summary_table(rows: list[dict], impls: list[str]) -> str:
 def detail_table(rows: list[dict]) -> str:
     """One line per measurement, with the spread, bandwidth and memory."""
     header = [
-        "mode", "dtype", "anchors", "impl", "median ms", "q25–q75 ms", "samples",
-        "GB/s", "% of copy", "peak extra MiB", "× logits", "compile s",
+        "mode",
+        "dtype",
+        "anchors",
+        "impl",
+        "median ms",
+        "q25–q75 ms",
+        "samples",
+        "GB/s",
+        "% of copy",
+        "peak extra MiB",
+        "× logits",
+        "compile s",
     ]
     lines = [
         [
-            row["mode"], row["dtype"], f"{row['anchors']:,}", row["impl"],
-            _ms(row["median_ms"]), f"{_ms(row['q25_ms'])}–{_ms(row['q75_ms'])}",
-            str(row["samples"]), f"{row['gbps']:.1f}", f"{row['pct_of_copy']:.0f}%",
+            row["mode"],
+            row["dtype"],
+            f"{row['anchors']:,}",
+            row["impl"],
+            _ms(row["median_ms"]),
+            f"{_ms(row['q25_ms'])}–{_ms(row['q75_ms'])}",
+            str(row["samples"]),
+            f"{row['gbps']:.1f}",
+            f"{row['pct_of_copy']:.0f}%",
             _mib(row["peak_extra_bytes"]),
             "–" if row["peak_extra_logits"] is None else f"{row['peak_extra_logits']:.2f}",
             "–" if row["compile_s"] is None else f"{row['compile_s']:.1f}",
@@ -151,16 +170,19 @@ def detail_table(rows: list[dict]) -> str:
 
 
 def markdown_report(rows: list[dict], impls: list[str], env: dict, command: str, notes: str) -> str:
-    return "\n\n".join(
-        [
-            f"# sigmoid focal loss benchmark: {env['device_name']}",
-            f"Command: `{command}`",
-            "torch {torch}, CUDA {cuda}, Python {python}, commit `{git_commit}`, {date}, "
-            "{threads} CPU thread(s).".format(**env),
-            notes,
-            "## Summary",
-            summary_table(rows, impls),
-            "## Every measurement",
-            detail_table(rows),
-        ]
-    ) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# sigmoid focal loss benchmark: {env['device_name']}",
+                f"Command: `{command}`",
+                "torch {torch}, CUDA {cuda}, Python {python}, commit `{git_commit}`, {date}, "
+                "{threads} CPU thread(s).".format(**env),
+                notes,
+                "## Summary",
+                summary_table(rows, impls),
+                "## Every measurement",
+                detail_table(rows),
+            ]
+        )
+        + "\n"
+    )

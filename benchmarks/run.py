@@ -11,6 +11,7 @@ benchmarks/results/ (or --out). See benchmarks/README.md for what each column me
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -47,17 +48,16 @@ def parse_sizes(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", help=f"anchors per call, K = 80 (default {DEFAULT_SIZES})")
     parser.add_argument("--dtypes", help="float32 on CPU; float32,bfloat16,float16 on CUDA")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--impls", default=",".join(cases.IMPLEMENTATIONS),
-                        help="comma-separated subset of %(default)s")
+    parser.add_argument(
+        "--impls", default=",".join(cases.IMPLEMENTATIONS), help="comma-separated subset of %(default)s"
+    )
     parser.add_argument("--modes", default=",".join(cases.MODES))
-    parser.add_argument("--min-run-time", type=float, help="seconds per measurement (default 1)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"sizes {QUICK_SIZES}, float32, 0.1 s per measurement")
+    parser.add_argument("--min-run-time", type=float, help="seconds per measurement (default 1 on CPU, 0.5 on CUDA)")
+    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, float32, 0.1 s per measurement")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
 
@@ -66,11 +66,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.dtypes = [getattr(torch, name) for name in (args.dtypes or default_dtypes).split(",")]
     args.impls = [cases.IMPLEMENTATIONS[name] for name in args.impls.split(",")]
     args.modes = args.modes.split(",")
-    args.min_run_time = args.min_run_time or (0.1 if args.quick else 1.0)
+    full_run_time = 1.0 if args.device == "cpu" else 0.5  # GPU timings are steadier
+    args.min_run_time = args.min_run_time or (0.1 if args.quick else full_run_time)
     return args
 
 
-def measure(impl, input_sets, mode, device, args) -> dict:
+def measure(
+    impl: cases.Implementation,
+    input_sets: list[cases.Inputs],
+    mode: str,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> dict:
     """One implementation on one case: first-call time, timing over all input sets, memory."""
     loss_fn = impl.make_loss()
     steps = [cases.make_step(loss_fn, inputs, mode) for inputs in input_sets]
@@ -80,8 +87,9 @@ def measure(impl, input_sets, mode, device, args) -> dict:
     loss = steps[0]().item()  # compiles, for torch.compile
     first_call_s = time.perf_counter() - started
 
-    timed = timing.time_step(timing.cycle_steps(steps), device, threads=args.threads,
-                             min_run_time=args.min_run_time, min_samples=5)
+    timed = timing.time_step(
+        timing.cycle_steps(steps), device, threads=args.threads, min_run_time=args.min_run_time, min_samples=5
+    )
     input_sets[0].logits.grad = None  # its old gradient would be freed inside the measurement
     peak = timing.peak_extra_bytes(steps[0], device)
     for inputs in input_sets:
@@ -90,14 +98,21 @@ def measure(impl, input_sets, mode, device, args) -> dict:
     first = input_sets[0]
     min_bytes = cases.minimal_bytes(first, impl.targets, mode)
     return {
-        "impl": impl.name, "targets": impl.targets, "mode": mode,
-        "anchors": first.logits.shape[0], "classes": first.logits.shape[1],
+        "impl": impl.name,
+        "targets": impl.targets,
+        "mode": mode,
+        "anchors": first.logits.shape[0],
+        "classes": first.logits.shape[1],
         "dtype": str(first.logits.dtype).removeprefix("torch."),
-        "median_ms": timed.median_ms, "q25_ms": timed.q25_ms, "q75_ms": timed.q75_ms,
-        "samples": timed.samples, "input_sets": len(input_sets),
+        "median_ms": timed.median_ms,
+        "q25_ms": timed.q25_ms,
+        "q75_ms": timed.q75_ms,
+        "samples": timed.samples,
+        "input_sets": len(input_sets),
         "peak_extra_bytes": peak,
         "peak_extra_logits": None if peak is None else peak / first.logits_nbytes,
-        "min_bytes": min_bytes, "gbps": min_bytes / (timed.median_ms / 1e3) / 1e9,
+        "min_bytes": min_bytes,
+        "gbps": min_bytes / (timed.median_ms / 1e3) / 1e9,
         "compile_s": first_call_s - timed.median_ms / 1e3 if impl.compiled else None,
         "loss": loss,
     }
@@ -117,21 +132,29 @@ def add_comparisons(case_rows: list[dict], copy_gbps: float, dtype: torch.dtype,
     expected = by_impl.get("torchvision-eager", {}).get("loss")
     for row in case_rows:
         if expected is not None and abs(row["loss"] - expected) > LOSS_RTOL[dtype] * abs(expected):
-            log(f"WARNING: {row['impl']} {row['mode']} {row['anchors']} {row['dtype']}: "
-                f"loss {row['loss']:.6g} != torchvision's {expected:.6g}")
+            log(
+                f"WARNING: {row['impl']} {row['mode']} {row['anchors']} {row['dtype']}: "
+                f"loss {row['loss']:.6g} != torchvision's {expected:.6g}"
+            )
 
 
-def notes(args, copy_before: float, copy_after: float) -> str:
+def notes(args, copy_before: float, copy_after: float, load: tuple[float, float]) -> str:
     lines = [
         f"- Threads: `torch.set_num_threads({args.threads})`."
-        + (" The 2 cores were shared with other work, so spreads are wide." if args.device == "cpu"
-           else ""),
+        + (
+            f" The machine's {os.cpu_count()} cores may have been shared with other work "
+            f"(1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)."
+            if args.device == "cpu"
+            else ""
+        ),
         f"- Each measurement: warm-up, then at least {args.min_run_time:g} s and 5 samples; "
         "median and quartiles (q25–q75). "
-        + ("`torch.utils.benchmark.Timer.blocked_autorange`." if args.device == "cpu"
-           else "A pair of CUDA events around every call."),
-        "- Small cases cycle through several input sets so that no call finds its data in the "
-        "last-level cache.",
+        + (
+            "`torch.utils.benchmark.Timer.blocked_autorange`."
+            if args.device == "cpu"
+            else "A pair of CUDA events around every call."
+        ),
+        "- Small cases cycle through several input sets so that no call finds its data in the last-level cache.",
         "- forward: the loss under `torch.no_grad()`. forward+backward: `loss.backward()` of the "
         "summed loss divided by the number of positives, as in training.",
         "- torch.compile: static shapes, compiled afresh per case; the compile time is excluded "
@@ -154,18 +177,18 @@ def main(argv: list[str] | None = None) -> None:
     env = report.environment(device, args.threads)
     progress = Progress(len(args.sizes) * len(args.dtypes) * len(args.modes) * len(args.impls))
 
+    load_before = os.getloadavg()[0]
     copy_before = timing.copy_bandwidth_gbps(device, threads=args.threads, min_run_time=0.2)
     measured = []  # (rows of one case, its dtype)
     for anchors in args.sizes:
         for dtype in args.dtypes:
             probe = cases.make_inputs(anchors, dtype, device, seed=0)
             sets = timing.rotation_count(probe.nbytes, device)
-            input_sets = [probe] + [cases.make_inputs(anchors, dtype, device, seed=s)
-                                    for s in range(1, sets)]
+            input_sets = [probe] + [cases.make_inputs(anchors, dtype, device, seed=s) for s in range(1, sets)]
             for mode in args.modes:
                 case_rows = []
                 for impl in args.impls:
-                    progress.describe(f"{mode} {anchors:,} {dtype} {impl.name}")
+                    progress.describe(f"{mode} {anchors:,} {str(dtype)[6:]} {impl.name}")
                     case_rows.append(measure(impl, input_sets, mode, device, args) | env)
                     progress.update()
                 measured.append((case_rows, dtype))
@@ -173,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     copy_after = timing.copy_bandwidth_gbps(device, threads=args.threads, min_run_time=0.2)
+    load = (load_before, os.getloadavg()[0])
     progress.close()
 
     copy_gbps = max(copy_before, copy_after)
@@ -185,14 +209,20 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report.write_jsonl(rows, args.out / f"{stem}.jsonl")
     (args.out / f"{stem}.md").write_text(
-        report.markdown_report(rows, names, env, command.strip(),
-                               notes(args, copy_before, copy_after)))
-    plotted = plot(rows, names, f"{env['device_name']} ({args.threads} threads), "
-                   f"{env['date'][:10]}, {env['git_commit'][:12]}", args.out / f"{stem}.png")
+        report.markdown_report(rows, names, env, command.strip(), notes(args, copy_before, copy_after, load))
+    )
+    plotted = plot(
+        rows,
+        names,
+        f"{env['device_name']} ({args.threads} threads), {env['date'][:10]}, {report.short_commit(env)}",
+        args.out / f"{stem}.png",
+    )
 
     print(f"wrote {args.out / stem}.jsonl, .md" + (", .png" if plotted else " (no matplotlib)"))
-    print(f"{env['device_name']}, torch {env['torch']}, {args.threads} threads, "
-          f"copy {copy_gbps:.1f} GB/s, commit {env['git_commit'][:12]}\n")
+    print(
+        f"{env['device_name']}, torch {env['torch']}, {args.threads} threads, "
+        f"copy {copy_gbps:.1f} GB/s, commit {report.short_commit(env)}\n"
+    )
     print(report.summary_table(rows, names))
 
 

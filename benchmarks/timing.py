@@ -13,9 +13,10 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.utils.benchmark as torch_benchmark
@@ -73,9 +74,7 @@ def cycle_steps(steps: Sequence[Step]) -> Step:
     return lambda: next(turn)()
 
 
-def time_step(
-    step: Step, device: torch.device, *, threads: int, min_run_time: float, min_samples: int
-) -> Timing:
+def time_step(step: Step, device: torch.device, *, threads: int, min_run_time: float, min_samples: int) -> Timing:
     if device.type == "cuda":
         return _time_cuda(step, device, min_run_time=min_run_time, min_samples=min_samples)
     return _time_cpu(step, threads=threads, min_run_time=min_run_time, min_samples=min_samples)
@@ -93,9 +92,7 @@ def _time_cpu(step: Step, *, threads: int, min_run_time: float, min_samples: int
     return summarize(times)
 
 
-def _time_cuda(
-    step: Step, device: torch.device, *, min_run_time: float, min_samples: int
-) -> Timing:
+def _time_cuda(step: Step, device: torch.device, *, min_run_time: float, min_samples: int) -> Timing:
     torch.cuda.synchronize(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -108,10 +105,7 @@ def _time_cuda(
     for _ in range(max(1, int(CUDA_WARMUP_S / estimate_s))):
         step()
     samples = min(CUDA_MAX_SAMPLES, max(min_samples, int(min_run_time / estimate_s)))
-    events = [
-        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        for _ in range(samples)
-    ]
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(samples)]
     for before, after in events:
         before.record()
         step()
@@ -178,7 +172,10 @@ def copy_bandwidth_gbps(device: torch.device, *, threads: int, min_run_time: flo
     source = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     timing = time_step(
-        lambda: target.copy_(source), device,
-        threads=threads, min_run_time=min_run_time, min_samples=10,
+        lambda: target.copy_(source),
+        device,
+        threads=threads,
+        min_run_time=min_run_time,
+        min_samples=10,
     )
     return 2 * nbytes / (timing.median_ms / 1e3) / 1e9
