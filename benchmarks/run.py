@@ -11,6 +11,7 @@ benchmarks/results/ (or --out). See benchmarks/README.md for what each column me
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -131,6 +132,8 @@ def add_comparisons(case_rows: list[dict], copy_gbps: float, dtype: torch.dtype,
         }
     expected = by_impl.get("torchvision-eager", {}).get("loss")
     for row in case_rows:
+        if not math.isfinite(row["loss"]):  # e.g. a float16 sum over many anchors overflows
+            log(f"WARNING: {row['impl']} {row['mode']} {row['anchors']} {row['dtype']}: loss is {row['loss']}")
         if expected is not None and abs(row["loss"] - expected) > LOSS_RTOL[dtype] * abs(expected):
             log(
                 f"WARNING: {row['impl']} {row['mode']} {row['anchors']} {row['dtype']}: "
