@@ -13,12 +13,13 @@ set -uo pipefail
 
 OUT=${OUT:-/tmp/focal_loss_ext_session}
 LOGS=$OUT/logs
-RESULTS=benchmarks/results
+RESULTS=${RESULTS:-benchmarks/results}
 mkdir -p "$LOGS" "$RESULTS"
 PYTHON=${PYTHON:-python3}
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
 failed=0
+bench_ok=0
 
 stage() {  # stage NAME COMMAND...: run COMMAND with its output in $LOGS/NAME.log
     local name=$1 start=$SECONDS
@@ -29,6 +30,7 @@ stage() {  # stage NAME COMMAND...: run COMMAND with its output in $LOGS/NAME.lo
         echo "$name: FAILED ($((SECONDS - start)) s), see logs/$name.log; last lines:"
         tail -n 30 "$LOGS/$name.log" | sed 's/^/    /'
         failed=1
+        return 1
     fi
 }
 
@@ -65,17 +67,17 @@ sanitize() {
 
 for name in "${stages[@]}"; do
     case $name in
-        build) stage build build ;;
+        build) stage build build || break ;;  # nothing else can run without it
         test) stage test "$PYTHON" -m pytest -x -q tests ;;
         sanitize) stage sanitize sanitize ;;
-        bench) stage bench "$PYTHON" benchmarks/run.py --device cuda --out "$RESULTS" ;;
+        bench) stage bench "$PYTHON" benchmarks/run.py --device cuda --out "$RESULTS" && bench_ok=1 ;;
         *) echo "unknown stage $name (build, test, sanitize, bench)"; exit 2 ;;
     esac
 done
 
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"
 latest=$(ls -t "$RESULTS"/cuda-*.jsonl 2>/dev/null | head -n 1)
-if [[ " ${stages[*]} " == *" bench "* && -n "$latest" ]]; then
+if [[ $bench_ok == 1 && -n "$latest" ]]; then
     cp "${latest%.jsonl}".{jsonl,md,png} "$OUT"/ 2>/dev/null
     echo
     # The summary table: the first Markdown table of the report.
