@@ -74,6 +74,9 @@ class TrainConfig:
     # runs out first, so a slower (shared) machine still ends at a low learning
     # rate; 0 disables it and makes the schedule a pure function of the step.
     max_minutes: float = 30.0
+    # End this invocation at this step without changing the schedule (0 = never):
+    # splits one run into chunks on preemptible machines, and lets tests resume.
+    stop_at_step: int = 0
     grad_clip: float = 10.0
     output_dir: str = "runs/default"
     checkpoint_every: int = 200

@@ -35,7 +35,9 @@ def setup(device: str = "") -> ProcessInfo:
 
 
 def cleanup() -> None:
+    """Leave the group once every process is done (rank 0 may still be writing files)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -65,7 +65,8 @@ class Matcher:
         labels[best_iou < self.fg_iou_threshold] = IGNORE
         labels[best_iou < self.bg_iou_threshold] = self.background
         labels[forced] = gt_labels[matched[forced]]
-        return labels, torch.where(labels >= 0, matched, torch.zeros_like(matched))
+        positive = (labels >= 0) & (labels < self.background)
+        return labels, torch.where(positive, matched, torch.zeros_like(matched))
 
 
 def count_positives(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

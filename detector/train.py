@@ -102,7 +102,10 @@ def train(config: Config) -> dict:
     steps_since_log, clock = 0, time.perf_counter()
     bar = tqdm(initial=step, total=cfg.max_steps, disable=not process.is_main, unit="step", dynamic_ncols=True)
     model.train()
-    while step < cfg.max_steps and fraction < 1.0:
+    def should_stop() -> bool:
+        return step >= cfg.max_steps or fraction >= 1.0 or 0 < cfg.stop_at_step <= step
+
+    while not should_stop():
         lr = learning_rate(cfg, step, fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -119,8 +122,7 @@ def train(config: Config) -> dict:
         steps_since_log += 1
         running += torch.stack([losses["loss_cls"].detach(), losses["loss_box"].detach(), losses["num_positive"]])
 
-        finished = step >= cfg.max_steps
-        if step % cfg.log_every == 0 or finished:
+        if step % cfg.log_every == 0 or step in (cfg.max_steps, cfg.stop_at_step):
             now = time.perf_counter()
             train_seconds += now - clock
             images_per_s = steps_since_log * cfg.batch_size * process.world_size / (now - clock)
@@ -143,7 +145,7 @@ def train(config: Config) -> dict:
             running.zero_()
             steps_since_log = 0
         bar.update(1)
-        if process.is_main and (step % cfg.checkpoint_every == 0 or finished or fraction >= 1.0):
+        if process.is_main and (step % cfg.checkpoint_every == 0 or should_stop()):
             save_checkpoint(checkpoint_path, model, optimizer, step, train_seconds, config)
             plot_loss_curve(output_dir / "metrics.jsonl", output_dir / "loss_curve.png")
     bar.close()
