@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh build test       # some stages, in the order given
 #
 # Each stage prints one line (its log's tail when it fails); the last lines are the benchmark
-# table. Logs, results and plot are copied to $OUT (5 files: logs.tar.gz and the results).
+# table. Logs, results and plot are copied to $OUT (4 files: logs.tar.gz, .jsonl, .md, .png).
 # A device call is limited to 600 s and all stages may not fit in one: then run
 # `build test sanitize` in one call and `bench` in the next while the machine is still warm
 # (the installed package survives between calls on a warm machine, not on a fresh one).

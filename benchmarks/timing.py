@@ -27,7 +27,9 @@ Step = Callable[[], object]
 # settle and for the caching allocator to hold every buffer a step needs.
 CUDA_WARMUP_S = 0.025
 CUDA_MAX_SAMPLES = 1000
-CPU_WARMUP_CALLS = 2
+# One call, then blocked_autorange's block-size estimation, which runs the step again.
+CPU_WARMUP_CALLS = 1
+MIN_SAMPLE_S = 1e-3  # 1000x the microsecond overhead of torch.utils.benchmark's timer
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,12 @@ def _time_cpu(step: Step, *, threads: int, min_run_time: float, min_samples: int
     timer = torch_benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     times = list(measurement.times)
-    # Steps of a second or more fill min_run_time in one block; the quartiles need more samples.
+    # Long steps fill min_run_time in a few blocks, and the quartiles need more samples. A step
+    # of a millisecond or more dwarfs the timer's overhead on its own, so these come one call
+    # per sample rather than in blocks of autorange's size.
+    calls = max(1, math.ceil(MIN_SAMPLE_S / measurement.median))
     while len(times) < min_samples:
-        times.extend(timer.timeit(measurement.number_per_run).times)
+        times.extend(timer.timeit(min(calls, measurement.number_per_run)).times)
     return summarize(times)
 
 
@@ -176,6 +181,6 @@ def copy_bandwidth_gbps(device: torch.device, *, threads: int, min_run_time: flo
         device,
         threads=threads,
         min_run_time=min_run_time,
-        min_samples=10,
+        min_samples=5,
     )
     return 2 * nbytes / (timing.median_ms / 1e3) / 1e9
