@@ -23,8 +23,8 @@ import torch.utils.benchmark as torch_benchmark
 
 Step = Callable[[], object]
 
-# The warm-up and sampling budgets of triton.testing.do_bench: long enough for GPU clocks to
-# settle and for the caching allocator to hold every buffer a step needs.
+# triton.testing.do_bench's warm-up: enough for the GPU clocks to settle and for the caching
+# allocator to hold every buffer a step needs.
 CUDA_WARMUP_S = 0.025
 CUDA_MAX_SAMPLES = 1000
 # One call, then blocked_autorange's block-size estimation, which runs the step again.
@@ -66,7 +66,7 @@ def cache_bytes(device: torch.device) -> int:
 
 
 def rotation_count(set_bytes: int, device: torch.device, max_sets: int = 256) -> int:
-    """How many input sets to cycle through so that one call never finds its data in cache."""
+    """How many input sets to cycle through so that a call finds little of its data in cache."""
     return max(1, min(max_sets, math.ceil(2 * cache_bytes(device) / max(set_bytes, 1))))
 
 
