@@ -1,6 +1,6 @@
 """Timing, peak memory and copy bandwidth, the same way for every implementation.
 
-CPU times come from `torch.utils.benchmark.Timer.blocked_autorange` with the thread count fixed;
+CPU times come from `torch.utils.benchmark.Timer` with the thread count fixed;
 CUDA times from a pair of `torch.cuda.Event`s around every call. Both warm up first and report the
 median and the quartiles of many samples, never a single run.
 """
@@ -27,9 +27,8 @@ Step = Callable[[], object]
 # allocator to hold every buffer a step needs.
 CUDA_WARMUP_S = 0.025
 CUDA_MAX_SAMPLES = 1000
-# One call, then blocked_autorange's block-size estimation, which runs the step again.
-CPU_WARMUP_CALLS = 1
-MIN_SAMPLE_S = 1e-3  # 1000x the microsecond overhead of torch.utils.benchmark's timer
+CPU_WARMUP_CALLS = 2
+MIN_SAMPLE_S = 1e-3  # a sample of 1 ms or more makes the timer's microsecond overhead negligible
 
 
 @dataclass(frozen=True)
@@ -83,18 +82,15 @@ def time_step(step: Step, device: torch.device, *, threads: int, min_run_time: f
 
 
 def _time_cpu(step: Step, *, threads: int, min_run_time: float, min_samples: int) -> Timing:
-    for _ in range(CPU_WARMUP_CALLS):
-        step()
     timer = torch_benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    times = list(measurement.times)
-    # Long steps fill min_run_time in a few blocks, and the quartiles need more samples. A step
-    # of a millisecond or more dwarfs the timer's overhead on its own, so these come one call
-    # per sample rather than in blocks of autorange's size.
-    calls = max(1, math.ceil(MIN_SAMPLE_S / measurement.median))
-    while len(times) < min_samples:
-        times.extend(timer.timeit(min(calls, measurement.number_per_run)).times)
-    return summarize(times)
+    for _ in range(CPU_WARMUP_CALLS):
+        timer.timeit(1)
+    estimate_s = timer.timeit(1).median
+    # Blocks of calls instead of blocked_autorange's own sizing, which asks for blocks of 10,000
+    # times the timer's overhead: under load that is a single block of a second, one sample.
+    calls_per_sample = max(1, math.ceil(MIN_SAMPLE_S / estimate_s))
+    samples = max(min_samples, math.ceil(min_run_time / (calls_per_sample * estimate_s)))
+    return summarize([timer.timeit(calls_per_sample).median for _ in range(samples)])
 
 
 def _time_cuda(step: Step, device: torch.device, *, min_run_time: float, min_samples: int) -> Timing:
