@@ -155,11 +155,12 @@ def notes(args, copy_before: float, copy_after: float, load: tuple[float, float]
         f"- Each measurement: warm-up, then at least {args.min_run_time:g} s and 5 samples; "
         "median and quartiles (q25–q75). "
         + (
-            "`torch.utils.benchmark.Timer.blocked_autorange`."
+            "`torch.utils.benchmark.Timer`, each sample a block of calls lasting >= 1 ms."
             if args.device == "cpu"
             else "A pair of CUDA events around every call."
         ),
-        "- Small cases cycle through several input sets so that no call finds its data in the last-level cache.",
+        "- Small cases cycle through several input sets so that a call finds little of its data in the "
+        "last-level cache.",
         "- forward: the loss under `torch.no_grad()`. forward+backward: `loss.backward()` of the "
         "summed loss divided by the number of positives, as in training.",
         "- torch.compile: static shapes, compiled afresh per case; the compile time is excluded "
