@@ -98,7 +98,7 @@ C10_HOST_DEVICE inline T smooth_target(T t, T smoothing) {
 //   q   = t sigmoid(-x) + (1 - t) sigmoid(x)             1 - p_t
 //   a_t = alpha_pos t + alpha_neg (1 - t)                 (1 and 1 when alpha is disabled)
 //   FL  = a_t ce q^gamma
-//   dFL/dx = a_t (dce q^gamma + ce d(q^gamma)),  dce = sigmoid(x) - t,
+//   dFL/dx = a_t (dce q^gamma + ce d(q^gamma)),  dce = sigmoid(x) - t = (1 - t) sigmoid(x) - t sigmoid(-x),
 //   d(q^gamma) = gamma q^(gamma - 1) (1 - 2t) sigmoid(x) sigmoid(-x).
 // For gamma < 1 the factor q^(gamma - 1) is unbounded as q -> 0, so the general case writes
 // it as gamma q^gamma r with r = sigmoid(x) sigmoid(-x) / q, which stays in [0, 1] because q
@@ -110,7 +110,8 @@ C10_HOST_DEVICE inline LossGrad<T> sigmoid_focal_term(T x, T t, T alpha_pos, T a
   const SigmoidParts<T> p = sigmoid_parts(x);
   const T not_t = one - t;
   const T ce = t * p.sp_neg + not_t * p.sp_pos;
-  const T dce = p.sig_pos - t;
+  // sigmoid(x) - t, written so that no 1 - 1 cancellation loses a tiny sigmoid(-x) (x >> 0, t = 1)
+  const T dce = not_t * p.sig_pos - t * p.sig_neg;
   const T a_t = alpha_pos * t + alpha_neg * not_t;
   LossGrad<T> out;
   if constexpr (kGamma == GammaKind::Zero) {

@@ -15,6 +15,10 @@ How the backward stays cheap and correct:
 * The buffer is handed out once. ``scale_grad_`` modifies it in place, so a second backward
   through the same graph (``retain_graph=True``) cannot reuse it: it recomputes a fresh one
   from the saved inputs with the same kernel (bit-identical), then scales that.
+* Under a tracer (torch.compile, opcheck, any tensor subclass) the backward is functional
+  instead: the saved buffer times ``grad_output * grad_scale``, which the compiler fuses; the
+  in-place shortcut relies on eager autograd's one-shot hand-over, which a traced graph does
+  not have.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ def _sigmoid_focal_loss_fake(inputs, targets, alpha_per_class, weight, normalize
     else:
         torch._check(targets.shape == inputs.shape[:-1],
                      lambda: f"integer targets must have shape {tuple(inputs.shape[:-1])}, got {tuple(targets.shape)}")
+    for name, t in (("targets", targets), ("alpha", alpha_per_class), ("weight", weight), ("normalizer", normalizer)):
+        if t is not None:
+            torch._check(t.device == inputs.device,
+                         lambda: f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}")
     torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
     loss = inputs.new_empty(inputs.shape if reduction == 0 else ())
     grad = inputs.new_empty(inputs.shape) if compute_grad else inputs.new_empty((0,))
@@ -55,27 +63,46 @@ def _scale_grad_fake(grad_input, grad_output, grad_scale):
 
 
 def _setup_context(ctx, inputs, output):
-    x, targets, alpha_per_class, weight, normalizer, *scalars = inputs
+    x, targets, alpha_per_class, weight, normalizer, *scalars, compute_grad = inputs
     _, grad_input, grad_scale = output
     ctx.set_materialize_grads(False)  # never build zero tensors for the grad_input/grad_scale outputs
     ctx.mark_non_differentiable(grad_input, grad_scale)
-    ctx.grad_input = grad_input if scalars[-1] else None  # scalars[-1] is compute_grad
-    ctx.grad_scale = grad_scale
-    ctx.scalars = tuple(scalars[:-1])
-    ctx.save_for_backward(x, targets, alpha_per_class, weight, normalizer)
+    ctx.scalars = tuple(scalars)
+    # Eager tensors are exactly torch.Tensor; tracers hand us subclasses (fake, functional, ...).
+    ctx.eager = type(grad_input) is torch.Tensor
+    if ctx.eager:
+        # Kept out of save_for_backward on purpose: scale_grad_ bumps its version counter, which
+        # would make a second backward's unpacking of the saved inputs fail.
+        ctx.grad_input = grad_input if compute_grad else None
+        ctx.grad_scale = grad_scale
+        ctx.save_for_backward(x, targets, alpha_per_class, weight, normalizer)
+    else:
+        ctx.save_for_backward(x, targets, alpha_per_class, weight, normalizer, grad_input, grad_scale)
+
+
+def _recompute(ctx, saved):
+    x, targets, alpha_per_class, weight, normalizer = saved[:5]
+    _, grad_input, grad_scale = _OPS.sigmoid_focal_loss(
+        x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
+    return grad_input, grad_scale
 
 
 def _backward(ctx, grad_loss, _grad_of_grad_input, _grad_of_grad_scale):
     nones = (None,) * (_NUM_FORWARD_ARGS - 1)
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) + nones
+    if not ctx.eager:
+        saved = ctx.saved_tensors
+        grad_input, grad_scale = saved[5], saved[6]
+        if grad_input.shape != saved[0].shape:  # forward ran without the gradient
+            grad_input, grad_scale = _recompute(ctx, saved)
+        factor = grad_loss.to(grad_scale.dtype) * grad_scale
+        return ((grad_input.to(grad_scale.dtype) * factor).to(grad_input.dtype),) + nones
     grad_input, grad_scale = ctx.grad_input, ctx.grad_scale
     ctx.grad_input = None  # handed out below; a later backward must not see it again
     if grad_input is None:
         # Second backward through a retained graph, or the forward ran without grad mode.
-        x, targets, alpha_per_class, weight, normalizer = ctx.saved_tensors
-        _, grad_input, grad_scale = _OPS.sigmoid_focal_loss(
-            x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
+        grad_input, grad_scale = _recompute(ctx, ctx.saved_tensors)
     _OPS.scale_grad_(grad_input, grad_loss, grad_scale)
     return (grad_input,) + nones
 

@@ -1,0 +1,83 @@
+"""Input makers and comparisons shared by the operator tests."""
+
+import torch
+import torchvision
+
+from focal_loss_ext import sigmoid_focal_loss_reference
+from focal_loss_ext.reference import one_hot_targets
+
+from conftest import TOLERANCE
+
+
+def make_logits(shape, dtype, device, scale=4.0, requires_grad=False):
+    x = (torch.randn(shape, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def make_labels(rows_shape, classes, device, ignore_index=-1, p_ignore=0.1, p_background=0.5):
+    labels = torch.randint(0, classes, rows_shape)
+    u = torch.rand(rows_shape)
+    labels[u < p_background] = classes
+    labels[u < p_ignore] = ignore_index
+    return labels.to(device)
+
+
+def make_soft_targets(shape, dtype, device):
+    t = torch.rand(shape, dtype=torch.float64)
+    hard = torch.rand(shape) < 0.5
+    t[hard] = (t[hard] > 0.8).double()  # a mix of hard 0/1 and soft values
+    return t.to(device=device, dtype=dtype)
+
+
+def reference(x, targets, **kw):
+    """The float64 reference on the CPU, for any input dtype/device."""
+    t = targets.cpu()
+    if t.is_floating_point():
+        t = t.double()
+    extra = {k: (v.cpu().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+             for k, v in kw.items()}
+    return sigmoid_focal_loss_reference(x.detach().cpu().double(), t, **extra)
+
+
+def torchvision_same_dtype(x, targets, alpha, gamma, reduction, ignore_index=-1):
+    """PyTorch eager in the inputs' dtype (torchvision's formula), the yardstick for half precision."""
+    if targets.is_floating_point():
+        return torchvision.ops.sigmoid_focal_loss(x, targets.to(x.dtype), alpha, gamma, reduction)
+    t, keep = one_hot_targets(targets, x.shape[-1], ignore_index, x.dtype)
+    loss = torchvision.ops.sigmoid_focal_loss(x, t, alpha, gamma, "none") * keep.unsqueeze(-1)
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / (keep.sum() * x.shape[-1])
+    return loss
+
+
+def error(actual, expected):
+    return (actual.detach().cpu().double() - expected.detach().cpu().double()).abs().max().item()
+
+
+def assert_close_to_reference(actual, expected, dtype, eager=None):
+    """float32/64: a fixed tolerance. float16/bfloat16: the error against float64 is at most
+    twice that of PyTorch eager in the same dtype (plus one unit in the last place of the
+    output, for outputs that eager happens to round exactly)."""
+    assert actual.dtype == dtype
+    actual64 = actual.detach().cpu().double()
+    expected = expected.detach().cpu().double()
+    if actual.numel() == 0:
+        assert expected.numel() == 0
+        return
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(actual64), nan), "NaN in different places"
+    if nan.all():
+        return
+    actual64, expected = actual64[~nan], expected[~nan]
+    if eager is not None:
+        eager = eager.detach().cpu().double()[~nan]
+    if dtype in TOLERANCE:
+        torch.testing.assert_close(actual64, expected, **TOLERANCE[dtype], equal_nan=True)
+        return
+    eps = torch.finfo(dtype).eps
+    ulp = eps * expected.abs().max().item()
+    ours = error(actual64, expected)
+    theirs = error(eager, expected) if eager is not None else ulp
+    assert ours <= 2 * theirs + ulp, f"half-precision error {ours:.3g} > 2 x eager's {theirs:.3g} + {ulp:.3g}"
