@@ -16,6 +16,12 @@ import sys
 
 from setuptools import find_packages, setup
 
+# torch looks for CUDA via `which nvcc` before /usr/local/cuda; where nvcc is a link on the
+# PATH (e.g. /usr/local/bin/nvcc) that finds a folder without CUDA's libraries. Prefer the
+# toolkit folder when the user has not named one.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -33,7 +39,8 @@ WITH_CUDA = os.environ.get("FOCAL_LOSS_EXT_CUDA", "auto").lower()
 DEBUG = os.environ.get("FOCAL_LOSS_EXT_DEBUG", "0") == "1"
 if WITH_CUDA not in ("auto", "0", "1"):
     sys.exit(f"FOCAL_LOSS_EXT_CUDA must be auto, 0 or 1, got {WITH_CUDA!r}")
-cuda_possible = torch.version.cuda is not None and CUDA_HOME is not None
+cuda_possible = (torch.version.cuda is not None and CUDA_HOME is not None
+                 and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
 if WITH_CUDA == "1" and not cuda_possible:
     sys.exit(f"FOCAL_LOSS_EXT_CUDA=1 but cannot build CUDA code: torch.version.cuda={torch.version.cuda}, "
              f"CUDA_HOME={CUDA_HOME}")
