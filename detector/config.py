@@ -65,7 +65,7 @@ class TrainConfig:
     loss: str = "fused"  # "fused" (focal_loss_ext) or "torchvision"
     batch_size: int = 16
     optimizer: str = "adamw"  # "adamw" or "sgd"
-    lr: float = 2e-3
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_steps: int = 200

@@ -107,10 +107,12 @@ class DigitCanvas(torch.utils.data.Dataset):
         cfg = self.config
         canvas = image.shape[-1]
         boxes, labels = [], []
-        for _ in range(int(rng.integers(cfg.min_digits, cfg.max_digits + 1))):
+        count = int(rng.integers(cfg.min_digits, cfg.max_digits + 1))
+        sides = np.exp(rng.uniform(math.log(cfg.min_object_size), math.log(cfg.max_object_size), count))
+        # Largest first: a big digit rarely finds room on a canvas already filled.
+        for side in sorted(sides, reverse=True):
             digit = int(self.digit_indices[rng.integers(len(self.digit_indices))])
             glyph = glyphs[digit]
-            side = math.exp(rng.uniform(math.log(cfg.min_object_size), math.log(cfg.max_object_size)))
             aspect = glyph.shape[1] / glyph.shape[0] * rng.uniform(0.85, 1.15)  # width / height
             height = min(canvas, max(4, round(side / math.sqrt(aspect))))
             width = min(canvas, max(3, round(side * math.sqrt(aspect))))
