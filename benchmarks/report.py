@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -53,7 +54,16 @@ def environment(device: torch.device, threads: int) -> dict:
         "focal_loss_ext": getattr(focal_loss_ext, "__version__", None),
         "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threading_env": threading_env(),
     }
+
+
+# Variables that change how CPU threads wait and spread; a shared machine is sensitive to them.
+THREADING_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "OMP_PROC_BIND", "KMP_BLOCKTIME")
+
+
+def threading_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in THREADING_VARIABLES if name in os.environ}
 
 
 def short_commit(env: dict) -> str:

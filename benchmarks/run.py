@@ -32,7 +32,7 @@ from benchmarks import report, timing
 from benchmarks.plot import plot
 
 DEFAULT_SIZES = "1k,10k,100k,200k,1.6M"  # one small image .. one 640 px .. 800x1333 .. batch of 8
-QUICK_SIZES = "1k,10k"
+QUICK_SIZES = "10k"  # one size, both modes, every implementation: a smoke test
 # Loose enough for a sum over millions of terms in another order; a wrong kernel is far off.
 LOSS_RTOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
@@ -143,7 +143,8 @@ def add_comparisons(case_rows: list[dict], copy_gbps: float, dtype: torch.dtype,
             )
 
 
-def notes(args, copy_before: float, copy_after: float, load: tuple[float, float]) -> str:
+def notes(args, env: dict, copy_before: float, copy_after: float, load: tuple[float, float]) -> str:
+    threading = ", ".join(f"`{k}={v}`" for k, v in env["threading_env"].items()) or "none (OpenMP's default)"
     lines = [
         f"- Threads: `torch.set_num_threads({args.threads})`."
         + (
@@ -152,6 +153,9 @@ def notes(args, copy_before: float, copy_after: float, load: tuple[float, float]
             if args.device == "cpu"
             else ""
         ),
+        f"- Threading variables set: {threading}. Where cores are shared, OpenMP threads that spin "
+        "while waiting (the default) slow each other's small ops down by 10x or more; "
+        "`OMP_WAIT_POLICY=PASSIVE` avoids that.",
         f"- Each measurement: warm-up, then at least {args.min_run_time:g} s and 5 samples; "
         "median and quartiles (q25–q75). "
         + (
@@ -212,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     names = [impl.name for impl in args.impls]
     stem = report.output_stem(env, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(f"{name}={value}" for name, value in env["threading_env"].items())
+    command += " python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report.write_jsonl(rows, args.out / f"{stem}.jsonl")
     (args.out / f"{stem}.md").write_text(
-        report.markdown_report(rows, names, env, command.strip(), notes(args, copy_before, copy_after, load))
+        report.markdown_report(rows, names, env, command.strip(), notes(args, env, copy_before, copy_after, load))
     )
     plotted = plot(
         rows,

@@ -89,8 +89,11 @@ def _time_cpu(step: Step, *, threads: int, min_run_time: float, min_samples: int
     # Blocks of calls instead of blocked_autorange's own sizing, which asks for blocks of 10,000
     # times the timer's overhead: under load that is a single block of a second, one sample.
     calls_per_sample = max(1, math.ceil(MIN_SAMPLE_S / estimate_s))
-    samples = max(min_samples, math.ceil(min_run_time / (calls_per_sample * estimate_s)))
-    return summarize([timer.timeit(calls_per_sample).median for _ in range(samples)])
+    times, spent_s = [], 0.0
+    while len(times) < min_samples or spent_s < min_run_time:
+        times.append(timer.timeit(calls_per_sample).median)
+        spent_s += times[-1] * calls_per_sample
+    return summarize(times)
 
 
 def _time_cuda(step: Step, device: torch.device, *, min_run_time: float, min_samples: int) -> Timing:
