@@ -7,6 +7,7 @@ height / width = aspect ratio. Anchors are ordered (y, x, anchor) within a level
 and levels are concatenated from P3 to P7; the head flattens its outputs in the
 same order (see `head.flatten_level_outputs`).
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@
 on a CPU; `ResNetBackbone` wraps torchvision's ResNet-18/34/50 without
 downloading anything (an optional path loads local weights).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,7 @@ class SmallBackbone(nn.Module):
         widths = [width, width, 2 * width, 4 * width, 8 * width]
         self.stem = conv_bn_relu(3, widths[0], stride=2)
         self.stages = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(widths[i], widths[i + 1], stride=2), BasicBlock(widths[i + 1]))
-            for i in range(4)
+            nn.Sequential(conv_bn_relu(widths[i], widths[i + 1], stride=2), BasicBlock(widths[i + 1])) for i in range(4)
         )
         self.out_channels = tuple(widths[2:])
 

@@ -4,6 +4,7 @@ encode: (dx, dy, dw, dh) = ((x - xa) / wa, (y - ya) / ha, log(w / wa), log(h / h
 each divided by its weight; decode inverts it. The widths predicted at decode
 are clamped so exp() cannot overflow on an untrained or diverging model.
 """
+
 from __future__ import annotations
 
 import math

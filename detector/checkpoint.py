@@ -5,6 +5,7 @@ see `detector.train`), the training seconds spent so far (the wall-clock part of
 the schedule) and the config. Written to a temporary file and renamed, so a run
 killed mid-save leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ ids in increasing order) and boxes are absolute xyxy. In the COCO dictionaries
 written here, image ids are dataset index + 1, category ids are label + 1 and
 annotation ids count from 1 (pycocotools treats id 0 as "no match").
 """
+
 from __future__ import annotations
 
 import json

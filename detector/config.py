@@ -5,6 +5,7 @@ CPU-trained canvas needs otherwise; those fields say why in their comment.
 `add_arguments` / `from_arguments` expose every field as a `--flag` so the
 command lines of `detector.train` and `detector.evaluate` stay in sync with it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
+    def from_dict(cls, values: dict) -> Config:
         def build(kind, section):
             known = {f.name: f for f in dataclasses.fields(kind)}
             kwargs = {}

@@ -8,6 +8,7 @@ training. Every image is a pure function of (seed, split, index), so the test
 set is fixed and training images can be generated on the fly and replayed
 exactly after a resume.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ _TRAIN_LENGTH = 2**31 - 1  # training images are unbounded; any index is valid
 _MAX_PLACEMENT_TRIES = 30
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digit_glyphs() -> tuple[list[torch.Tensor], np.ndarray]:
     """All 1797 digits as ink-cropped (8, w) tensors in [0, 1], with their labels."""
     from sklearn.datasets import load_digits
@@ -39,7 +40,7 @@ def _digit_glyphs() -> tuple[list[torch.Tensor], np.ndarray]:
     return glyphs, digits.target.astype(np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _background_photos() -> tuple[torch.Tensor, ...]:
     """scikit-learn's sample photographs (china.jpg, flower.jpg) as (3, H, W) in [0, 1]."""
     from sklearn.datasets import load_sample_images
@@ -47,7 +48,7 @@ def _background_photos() -> tuple[torch.Tensor, ...]:
     return tuple(torch.tensor(p).permute(2, 0, 1).float() / 255.0 for p in load_sample_images().images)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digit_split(seed: int, test_fraction: float) -> dict[str, np.ndarray]:
     """Indices of the digit instances used by each split; disjoint by construction."""
     _, labels = _digit_glyphs()

@@ -1,4 +1,5 @@
 """Process-group setup for `torchrun`: gloo on CPU, nccl on GPU, a no-op when alone."""
+
 from __future__ import annotations
 
 import os

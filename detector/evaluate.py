@@ -6,6 +6,7 @@
 Prints AP, AP50, AP75, AP_S, AP_M, AP_L (pycocotools), writes them to
 metrics.json and a PNG of test images with predicted and true boxes.
 """
+
 from __future__ import annotations
 
 import argparse

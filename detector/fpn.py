@@ -4,6 +4,7 @@ P3-P5 come from torchvision's FeaturePyramidNetwork (1x1 lateral + top-down
 sum + 3x3 output conv); P6 is a 3x3 stride-2 conv on C5 (not on P5) and P7 a
 3x3 stride-2 conv on ReLU(P6).
 """
+
 from __future__ import annotations
 
 import torch

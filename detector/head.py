@@ -6,6 +6,7 @@ final classification bias is -log((1 - pi) / pi) so that every anchor starts
 out predicting foreground with probability pi; without it the ~10^4 background
 anchors swamp the loss in the first iterations.
 """
+
 from __future__ import annotations
 
 import math

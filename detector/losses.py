@@ -6,6 +6,7 @@ A focal loss here is any callable (logits (B, N, K), labels (B, N) int64 in the
 non-ignored anchors and divided by the normalizer. Neither implementation reads
 a value back to the host, so a training step never waits on the device.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -13,6 +13,7 @@ with every object is background, anything in between is ignored, and each
 object's best anchor(s) are made positive for that object even below 0.5, so no
 object is left without a positive anchor.
 """
+
 from __future__ import annotations
 
 import torch

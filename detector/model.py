@@ -4,6 +4,7 @@ In training `forward(images, targets)` returns a dict of losses; in eval it
 returns detections. The stages are also callable one by one (`predict`,
 `assign`, `losses`) so `detector.timing` can time them separately.
 """
+
 from __future__ import annotations
 
 import torch

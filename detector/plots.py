@@ -1,4 +1,5 @@
 """PNG figures: the training loss curve and test images with true and predicted boxes."""
+
 from __future__ import annotations
 
 import json

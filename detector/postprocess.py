@@ -5,6 +5,7 @@ Per level: keep scores above `score_threshold`, then the `topk_per_level` best
 class-wise NMS at `nms_threshold` (torchvision.ops.batched_nms), keep the best
 `detections_per_image`.
 """
+
 from __future__ import annotations
 
 import torch

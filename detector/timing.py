@@ -13,6 +13,7 @@ alike. A step is split into:
 The backward is cut in two with torch.autograd.grad at the head outputs. Medians
 and quartiles over the timed steps, after warm-up; the thread count is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,7 @@ def measure(config: Config, losses: list[str], steps: int, warmup: int) -> dict[
         model = build_model(config.model, name).to(device).train()
         runs[name] = (model, build_optimizer(model, config.train), {part: [] for part in PARTS})
     for step in range(warmup + steps):
-        for name, (model, optimizer, samples) in runs.items():
+        for model, optimizer, samples in runs.values():
             parts = timed_step(model, optimizer, dataset, step, config.train.batch_size, device)
             if step >= warmup:
                 for part, seconds in parts.items():

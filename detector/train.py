@@ -9,6 +9,7 @@ metrics.jsonl and loss_curve.png. Training image i of step s on process r of W
 is generated from index (s * W + r) * batch_size + i, so the data after a resume
 is exactly the data the interrupted run would have seen.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,6 +103,7 @@ def train(config: Config) -> dict:
     steps_since_log, clock = 0, time.perf_counter()
     bar = tqdm(initial=step, total=cfg.max_steps, disable=not process.is_main, unit="step", dynamic_ncols=True)
     model.train()
+
     def should_stop() -> bool:
         return step >= cfg.max_steps or fraction >= 1.0 or 0 < cfg.stop_at_step <= step
 

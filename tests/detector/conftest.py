@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny model and canvas so the detector suite runs in about a minute on 2 cores."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Two gloo processes, as torchrun would start them, agree on the positive count and the weights."""
+
 import json
 import os
 import socket

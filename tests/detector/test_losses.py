@@ -3,14 +3,13 @@ import torch
 
 from detector.data import DigitCanvas, collate
 from detector.losses import positive_normalizer, torchvision_focal_loss
-from detector.model import RetinaNet, build_model
 from detector.matcher import IGNORE
+from detector.model import RetinaNet, build_model
 
 
 def fused_available() -> bool:
     try:
-        import focal_loss_ext  # noqa: F401
-        import focal_loss_ext._C  # noqa: F401
+        import focal_loss_ext._C  # noqa: F401  (imports the package too)
     except ImportError:
         return False
     return True
@@ -40,7 +39,9 @@ def test_normalizer_is_at_least_one():
     assert positive_normalizer(torch.tensor(7)).item() == 7.0
 
 
-@pytest.mark.skipif(not fused_available(), reason="focal_loss_ext is not built (python -c 'import focal_loss_ext._C' fails)")
+@pytest.mark.skipif(
+    not fused_available(), reason="focal_loss_ext is not built (python -c 'import focal_loss_ext._C' fails)"
+)
 def test_fused_and_torchvision_give_the_same_loss_and_gradients(tiny_config):
     images, targets = collate([DigitCanvas("train", tiny_config.data)[i] for i in range(2)])
     torch.manual_seed(0)
@@ -57,4 +58,4 @@ def test_fused_and_torchvision_give_the_same_loss_and_gradients(tiny_config):
     torch.testing.assert_close(fused_losses["loss_cls"], ref_losses["loss_cls"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused_losses["loss_box"], ref_losses["loss_box"])
     for name, grad in ref_grads.items():
-        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
