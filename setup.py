@@ -57,6 +57,7 @@ sources = [
     "csrc/module.cpp",
     "csrc/sigmoid_focal_loss.cpp",
     "csrc/cpu/sigmoid_focal_loss_kernel.cpp",
+    "csrc/cpu/softmax_focal_loss_kernel.cpp",
     "csrc/cpu/rows_default.cpp",
     "csrc/cpu/rows_avx2.cpp",
 ]
@@ -65,7 +66,7 @@ cxx_flags = opt + ["-fdiagnostics-color=always"]  # the C++ standard is the one 
 nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"]
 define_macros = []
 if build_cuda:
-    sources.append("csrc/cuda/sigmoid_focal_loss_kernel.cu")
+    sources += ["csrc/cuda/sigmoid_focal_loss_kernel.cu", "csrc/cuda/softmax_focal_loss_kernel.cu"]
     define_macros += [("FOCAL_LOSS_EXT_WITH_CUDA", None), ("FOCAL_LOSS_EXT_CUDA_ARCHS", f'"{arch_list}"')]
     extension = CUDAExtension
     extra_compile_args = {"cxx": cxx_flags, "nvcc": nvcc_flags}

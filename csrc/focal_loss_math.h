@@ -51,6 +51,13 @@ C10_HOST_DEVICE inline float abs(float x) { return ::fabsf(x); }
 C10_HOST_DEVICE inline double abs(double x) { return ::fabs(x); }
 C10_HOST_DEVICE inline float pow(float x, float y) { return ::powf(x, y); }
 C10_HOST_DEVICE inline double pow(double x, double y) { return ::pow(x, y); }
+C10_HOST_DEVICE inline float expm1(float x) { return ::expm1f(x); }
+C10_HOST_DEVICE inline double expm1(double x) { return ::expm1(x); }
+C10_HOST_DEVICE inline float log(float x) { return ::logf(x); }
+C10_HOST_DEVICE inline double log(double x) { return ::log(x); }
+// NaN-propagating, like torch.max: a NaN logit makes its row's loss NaN.
+C10_HOST_DEVICE inline float max(float a, float b) { return (a != a || a > b) ? a : b; }
+C10_HOST_DEVICE inline double max(double a, double b) { return (a != a || a > b) ? a : b; }
 template <typename T>
 C10_HOST_DEVICE inline T select(bool cond, T a, T b) {
   return cond ? a : b;
@@ -141,14 +148,94 @@ C10_HOST_DEVICE inline LossGrad<T> sigmoid_focal_term(T x, T t, T alpha_pos, T a
   return out;
 }
 
-// The per-element rule handed to the kernel loops (CPU and CUDA): the sigmoid focal loss
-// with gamma fixed at compile time where a closed form exists.
+// The per-element rules handed to the kernel loops (CPU and CUDA). Every rule takes the same
+// arguments; beta is used by FL* only.
+
+// The sigmoid focal loss, with gamma fixed at compile time where a closed form exists.
 template <GammaKind kGamma>
 struct SigmoidFocal {
   template <typename T>
-  C10_HOST_DEVICE inline LossGrad<T> operator()(T x, T t, T alpha_pos, T alpha_neg, T gamma) const {
+  C10_HOST_DEVICE inline LossGrad<T> operator()(T x, T t, T alpha_pos, T alpha_neg, T gamma, T /*beta*/) const {
     return sigmoid_focal_term<kGamma>(x, t, alpha_pos, alpha_neg, gamma);
   }
 };
+
+// FL*, the appendix variant of Lin et al. (2017). With x_t = x for a positive, -x for a negative:
+//   FL* = -log sigmoid(gamma x_t + beta) / gamma
+//       positive: softplus(-(gamma x + beta)) / gamma,  d/dx = -sigmoid(-(gamma x + beta))
+//       negative: softplus(gamma x - beta) / gamma,     d/dx =  sigmoid(gamma x - beta)
+// A soft target t in (0, 1) mixes the two hard cases, t FL*(positive) + (1 - t) FL*(negative),
+// and the result is alpha_t-weighted as FL. (fvcore instead scales x by 2t - 1; the two agree
+// for t in {0, 1} and beta = 0.) gamma > 0 is checked on the host.
+struct SigmoidFocalStar {
+  template <typename T>
+  C10_HOST_DEVICE inline LossGrad<T> operator()(T x, T t, T alpha_pos, T alpha_neg, T gamma, T beta) const {
+    const T one(1);
+    const T gx = gamma * x;
+    const SigmoidParts<T> pos = sigmoid_parts(gx + beta);
+    const SigmoidParts<T> neg = sigmoid_parts(gx - beta);
+    const T not_t = one - t;
+    const T a_t = alpha_pos * t + alpha_neg * not_t;
+    LossGrad<T> out;
+    out.loss = a_t * (t * pos.sp_neg + not_t * neg.sp_pos) / gamma;
+    out.grad = a_t * (not_t * neg.sig_pos - t * pos.sig_neg);
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Softmax focal loss of one row z (C logits) against a target distribution q (one-hot for a
+// label, q = t (1 - s) + s / C after label smoothing s, as in F.cross_entropy):
+//
+//   p = softmax(z),   L = sum_c w_c f(p_c),   f(p) = -(1 - p)^gamma log p,   w_c = alpha_c q_c.
+//
+// Gradient. dp_c/dz_j = p_c (delta_cj - p_j), so
+//   dL/dz_j = sum_c w_c f'(p_c) p_c (delta_cj - p_j) = u_j - p_j U,
+//   u_c = w_c p_c f'(p_c) = w_c (gamma p_c (1 - p_c)^(gamma - 1) log p_c - (1 - p_c)^gamma),
+//   U   = sum_c u_c.
+// For a hard label y (w = alpha_y e_y) only u_y is nonzero: dL/dz_j = u_y (delta_jy - p_j), and
+// at j = y that is u_y (1 - p_y), with no cancellation. gamma = 0 gives u_c = -w_c and the
+// familiar dL/dz_j = p_j sum_c w_c - w_j.
+//
+// Everything is computed from log p_c = z_c - max(z) - log sum_k exp(z_k - max(z)) (the row's
+// log-softmax, never a log of a probability); 1 - p_c = -expm1(log p_c), accurate near p_c = 1.
+// For gamma < 1 the factor (1 - p)^(gamma - 1) is unbounded as p -> 1, so the general case writes
+// u_c = w_c (1 - p)^gamma (gamma p log p / (1 - p) - 1), where log p / (1 - p) lies in
+// (-inf, -1] and tends to -1 as p -> 1 (taken as -1 where 1 - p rounds to 0).
+
+// One class's term: loss = w f(p) and grad = u (the diagonal part above), from log p.
+template <GammaKind kGamma, typename T>
+C10_HOST_DEVICE inline LossGrad<T> softmax_focal_term(T log_p, T w, T gamma) {
+  LossGrad<T> out;
+  if constexpr (kGamma == GammaKind::Zero) {
+    out.loss = -w * log_p;
+    out.grad = -w;
+  } else {
+    const T one(1);
+    const T p = math::exp(log_p);
+    const T r = -math::expm1(log_p);  // 1 - p
+    if constexpr (kGamma == GammaKind::One) {
+      out.loss = -w * r * log_p;
+      out.grad = w * (p * log_p - r);
+    } else if constexpr (kGamma == GammaKind::Two) {
+      out.loss = -w * r * r * log_p;
+      out.grad = w * r * (T(2) * p * log_p - r);
+    } else {
+      const T zero(0);
+      const T r_gamma = math::pow(r, gamma);
+      const auto r_pos = r > zero;
+      const T ratio = math::select(r_pos, log_p / math::select(r_pos, r, one), -one);  // log p / (1 - p)
+      out.loss = -w * r_gamma * log_p;
+      out.grad = w * r_gamma * (gamma * p * ratio - one);
+    }
+  }
+  return out;
+}
+
+// Hard label y: the gradient at the target class, u_y (1 - p_y). (Every other class gets -p_j u_y.)
+template <typename T>
+C10_HOST_DEVICE inline T softmax_label_grad(T u_y, T log_p_y) {
+  return -u_y * math::expm1(log_p_y);
+}
 
 }  // namespace focal_loss_ext

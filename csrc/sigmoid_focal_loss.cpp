@@ -40,7 +40,9 @@ SigmoidFocalProblem make_sigmoid_focal_problem(
     double label_smoothing,
     int64_t ignore_index,
     int64_t reduction,
-    bool compute_grad) {
+    bool compute_grad,
+    LossKind kind,
+    double beta) {
   TORCH_CHECK(at::isFloatingType(inputs.scalar_type()),
               "inputs must be a floating tensor (float32, float64, float16 or bfloat16), got ",
               inputs.scalar_type());
@@ -49,12 +51,24 @@ SigmoidFocalProblem make_sigmoid_focal_problem(
               inputs.device(), "), got ", targets.device());
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
               reduction);
-  TORCH_CHECK(gamma >= 0 && std::isfinite(gamma), "gamma must be a finite number >= 0, got ", gamma);
+  if (kind == LossKind::SigmoidFocalStar) {
+    TORCH_CHECK(gamma > 0 && std::isfinite(gamma), "gamma must be a finite number > 0 (FL* divides by it), got ",
+                gamma);
+    TORCH_CHECK(std::isfinite(beta), "beta must be a finite number, got ", beta);
+  } else {
+    TORCH_CHECK(gamma >= 0 && std::isfinite(gamma), "gamma must be a finite number >= 0, got ", gamma);
+  }
   TORCH_CHECK(label_smoothing >= 0 && label_smoothing < 1,
               "label_smoothing must be in [0, 1), got ", label_smoothing);
   TORCH_CHECK(std::isfinite(alpha), "alpha must be finite (negative disables it), got ", alpha);
 
+  const bool loss_per_row = kind == LossKind::SoftmaxFocal;
+  TORCH_CHECK(!loss_per_row || inputs.size(-1) > 0,
+              "inputs must have at least one class (a softmax over an empty last dimension), got shape ",
+              inputs.sizes());
   SigmoidFocalProblem p;
+  p.kind = kind;
+  p.beta = beta;
   p.classes = inputs.size(-1);
   p.rows = p.classes == 0 ? 0 : inputs.numel() / p.classes;
   p.inputs = inputs.contiguous();
@@ -111,12 +125,14 @@ SigmoidFocalProblem make_sigmoid_focal_problem(
     if (p.labels) {
       p.mean_over_count = true;
     } else {
-      p.host_factor /= static_cast<double>(inputs.numel());  // inf for empty input: mean of nothing is NaN
+      // inf for empty input: mean of nothing is NaN
+      p.host_factor /= static_cast<double>(loss_per_row ? p.rows : inputs.numel());
     }
   }
 
   const auto options = inputs.options();
-  p.loss = p.reduction == Reduction::None ? at::empty(inputs.sizes(), options) : at::empty({}, options);
+  const auto loss_shape = loss_per_row ? inputs.sizes().slice(0, inputs.dim() - 1) : inputs.sizes();
+  p.loss = p.reduction == Reduction::None ? at::empty(loss_shape, options) : at::empty({}, options);
   p.grad_input = compute_grad ? at::empty(inputs.sizes(), options) : at::empty({0}, options);
   p.grad_scale = at::empty({}, options.dtype(opmath));
   return p;
@@ -135,9 +151,11 @@ bool check_scale_grad_args(const at::Tensor& grad_input,
   if (grad_output.numel() == 1 && grad_output.dim() == 0) {
     return true;
   }
-  TORCH_CHECK(grad_output.sizes() == grad_input.sizes(),
+  const bool per_row = grad_input.dim() >= 1 && grad_output.sizes() == grad_input.sizes().slice(0, grad_input.dim() - 1);
+  TORCH_CHECK(grad_output.sizes() == grad_input.sizes() || per_row,
               "grad_output must be a 0-dim tensor (reduced loss) or have grad_input's shape ",
-              grad_input.sizes(), ", got ", grad_output.sizes());
+              grad_input.sizes(), " (or its shape without the last dimension, for a per-row loss), got ",
+              grad_output.sizes());
   return false;
 }
 
@@ -145,10 +163,12 @@ void scale_grad_elementwise_(at::Tensor& grad_input,
                              const at::Tensor& grad_output,
                              const at::Tensor& grad_scale) {
   const auto opmath = grad_scale.scalar_type();
+  const at::Tensor factor =
+      (grad_output.dim() < grad_input.dim() ? grad_output.unsqueeze(-1) : grad_output).to(opmath) * grad_scale;
   if (grad_input.scalar_type() == opmath) {
-    grad_input.mul_(grad_output.to(opmath) * grad_scale);
+    grad_input.mul_(factor);
   } else {
-    grad_input.copy_(grad_input.to(opmath) * (grad_output.to(opmath) * grad_scale));
+    grad_input.copy_(grad_input.to(opmath) * factor);
   }
 }
 
@@ -161,6 +181,19 @@ TORCH_LIBRARY(focal_loss_ext, m) {
       "Tensor? normalizer, float alpha, float gamma, float scale, float label_smoothing, "
       "int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad_input, "
       "Tensor grad_scale)");
+  // FL* (Lin et al., 2017, appendix): as sigmoid_focal_loss, with the shift beta; gamma > 0.
+  m.def(
+      "sigmoid_focal_loss_star(Tensor inputs, Tensor targets, Tensor? alpha_per_class, Tensor? weight, "
+      "Tensor? normalizer, float alpha, float gamma, float beta, float scale, float label_smoothing, "
+      "int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad_input, "
+      "Tensor grad_scale)");
+  // Softmax focal loss over the last dimension; one loss per row. targets: class indices
+  // (ignore_index skipped) or class probabilities; alpha_per_class: optional (C); weight:
+  // optional per row.
+  m.def(
+      "softmax_focal_loss(Tensor inputs, Tensor targets, Tensor? alpha_per_class, Tensor? weight, "
+      "Tensor? normalizer, float gamma, float scale, float label_smoothing, int ignore_index, int reduction, "
+      "bool compute_grad) -> (Tensor loss, Tensor grad_input, Tensor grad_scale)");
   // grad_input *= grad_output * grad_scale, in place. With a 0-dim grad_output the product is
   // read on the device and, when it is exactly 1, no element is touched.
   m.def("scale_grad_(Tensor(a!) grad_input, Tensor grad_output, Tensor grad_scale) -> ()");

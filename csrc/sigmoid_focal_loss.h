@@ -21,7 +21,12 @@
 
 namespace focal_loss_ext {
 
+// The member of the focal-loss family a problem computes. The sigmoid losses have one loss per
+// element; the softmax loss has one per row (the class dimension is reduced).
+enum class LossKind : int { SigmoidFocal = 0, SigmoidFocalStar = 1, SoftmaxFocal = 2 };
+
 struct SigmoidFocalProblem {
+  LossKind kind = LossKind::SigmoidFocal;
   // Inputs in kernel layout.
   at::Tensor inputs;      // contiguous logits, viewed as (rows, classes)
   at::Tensor targets;     // float form: contiguous, inputs' dtype and shape; label form: int64 (rows)
@@ -32,6 +37,7 @@ struct SigmoidFocalProblem {
   double alpha_pos = 1;   // scalar alpha for the positive term (1 when disabled)
   double alpha_neg = 1;   // scalar alpha for the negative term
   double gamma = 2;
+  double beta = 0;  // FL* only
   double smoothing = 0;
   int64_t ignore_index = -1;
   int64_t rows = 0;
@@ -50,7 +56,7 @@ struct SigmoidFocalProblem {
   bool fold_into_grad = true;
 
   // Outputs.
-  at::Tensor loss;        // reduced: 0-dim; "none": inputs' shape; inputs' dtype
+  at::Tensor loss;        // reduced: 0-dim; "none": inputs' shape (softmax: inputs.shape[:-1]); inputs' dtype
   at::Tensor grad_input;  // d loss / d inputs, inputs' shape and dtype ((0,) when not computed)
   at::Tensor grad_scale;  // 0-dim opmath: what grad_input must still be multiplied by
 };
@@ -67,15 +73,19 @@ SigmoidFocalProblem make_sigmoid_focal_problem(
     double label_smoothing,
     int64_t ignore_index,
     int64_t reduction,
-    bool compute_grad);
+    bool compute_grad,
+    LossKind kind = LossKind::SigmoidFocal,
+    double beta = 0);
 
 // Validation shared by the backends' scale_grad_ implementations; returns true when
-// grad_output is a single value (the reduced-loss case that the kernels handle).
+// grad_output is a single value (the reduced-loss case that the kernels handle). Otherwise
+// grad_output has grad_input's shape, or grad_input.shape[:-1] for a per-row loss.
 bool check_scale_grad_args(const at::Tensor& grad_input,
                            const at::Tensor& grad_output,
                            const at::Tensor& grad_scale);
 
-// The general (reduction "none") case: grad_input *= grad_output * grad_scale, in opmath.
+// The general (reduction "none") case: grad_input *= grad_output * grad_scale, in opmath
+// (a per-row grad_output broadcast over the last dimension).
 void scale_grad_elementwise_(at::Tensor& grad_input,
                              const at::Tensor& grad_output,
                              const at::Tensor& grad_scale);

@@ -1,7 +1,10 @@
 """Python-side registrations of the ``focal_loss_ext`` operators: fake kernels and autograd.
 
-The schemas live in ``csrc/sigmoid_focal_loss.cpp`` (``TORCH_LIBRARY``); the CPU and CUDA
-kernels register themselves there too. Here we add what torch.compile and autograd need:
+The operators are ``sigmoid_focal_loss``, ``sigmoid_focal_loss_star`` (FL*) and
+``softmax_focal_loss``; all three take ``(inputs, targets, alpha_per_class, weight, normalizer,
+<scalars>..., compute_grad)`` and return ``(loss, grad_input, grad_scale)``, so one fake kernel
+and one autograd formula serve them all. The schemas live in ``csrc/sigmoid_focal_loss.cpp``
+(``TORCH_LIBRARY``); the CPU and CUDA kernels register themselves there too. Here we add what torch.compile and autograd need:
 shape-only (fake) kernels, and a backward that consumes the gradient the forward pass has
 already computed.
 
@@ -27,34 +30,38 @@ import torch
 
 from . import _C  # noqa: F401  (loads the kernels and the schemas)
 
-_NUM_FORWARD_ARGS = 12
 _OPS = torch.ops.focal_loss_ext
+# Name -> whether the loss has one value per row (the class dimension reduced) or per element.
+_LOSS_OPS = {"sigmoid_focal_loss": False, "sigmoid_focal_loss_star": False, "softmax_focal_loss": True}
 
 
 def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.register_fake("focal_loss_ext::sigmoid_focal_loss")
-def _sigmoid_focal_loss_fake(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma, scale,
-                             label_smoothing, ignore_index, reduction, compute_grad):
-    torch._check(inputs.dim() >= 1, lambda: "inputs must have shape (..., K)")
-    torch._check(inputs.dtype.is_floating_point, lambda: f"inputs must be floating, got {inputs.dtype}")
-    if targets.dtype.is_floating_point:
-        torch._check(targets.shape == inputs.shape,
-                     lambda: f"floating targets must have inputs' shape {tuple(inputs.shape)}, got {tuple(targets.shape)}")
-    else:
-        torch._check(targets.shape == inputs.shape[:-1],
-                     lambda: f"integer targets must have shape {tuple(inputs.shape[:-1])}, got {tuple(targets.shape)}")
-    for name, t in (("targets", targets), ("alpha", alpha_per_class), ("weight", weight), ("normalizer", normalizer)):
-        if t is not None:
-            torch._check(t.device == inputs.device,
-                         lambda: f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}")
-    torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
-    loss = inputs.new_empty(inputs.shape if reduction == 0 else ())
-    grad = inputs.new_empty(inputs.shape) if compute_grad else inputs.new_empty((0,))
-    grad_scale = inputs.new_empty((), dtype=_opmath_dtype(inputs.dtype))
-    return loss, grad, grad_scale
+def _make_fake(per_row: bool):
+    def fake(inputs, targets, alpha_per_class, weight, normalizer, *scalars):
+        reduction, compute_grad = scalars[-2], scalars[-1]
+        torch._check(inputs.dim() >= 1, lambda: "inputs must have shape (..., K)")
+        torch._check(inputs.dtype.is_floating_point, lambda: f"inputs must be floating, got {inputs.dtype}")
+        if targets.dtype.is_floating_point:
+            torch._check(targets.shape == inputs.shape,
+                         lambda: f"floating targets must have inputs' shape {tuple(inputs.shape)}, got {tuple(targets.shape)}")
+        else:
+            torch._check(targets.shape == inputs.shape[:-1],
+                         lambda: f"integer targets must have shape {tuple(inputs.shape[:-1])}, got {tuple(targets.shape)}")
+        for name, t in (("targets", targets), ("alpha", alpha_per_class), ("weight", weight), ("normalizer", normalizer)):
+            if t is not None:
+                torch._check(t.device == inputs.device,
+                             lambda: f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}")
+        torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
+        unreduced_shape = inputs.shape[:-1] if per_row else inputs.shape
+        loss = inputs.new_empty(unreduced_shape if reduction == 0 else ())
+        grad = inputs.new_empty(inputs.shape) if compute_grad else inputs.new_empty((0,))
+        grad_scale = inputs.new_empty((), dtype=_opmath_dtype(inputs.dtype))
+        return loss, grad, grad_scale
+
+    return fake
 
 
 @torch.library.register_fake("focal_loss_ext::scale_grad_")
@@ -64,6 +71,7 @@ def _scale_grad_fake(grad_input, grad_output, grad_scale):
 
 def _setup_context(ctx, inputs, output):
     x, targets, alpha_per_class, weight, normalizer, *scalars, compute_grad = inputs
+    ctx.num_inputs = len(inputs)
     _, grad_input, grad_scale = output
     ctx.set_materialize_grads(False)  # never build zero tensors for the grad_input/grad_scale outputs
     ctx.mark_non_differentiable(grad_input, grad_scale)
@@ -80,31 +88,42 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(x, targets, alpha_per_class, weight, normalizer, grad_input, grad_scale)
 
 
-def _recompute(ctx, saved):
+def _make_backward(op):
+    def backward(ctx, grad_loss, _grad_of_grad_input, _grad_of_grad_scale):
+        return _backward(op, ctx, grad_loss)
+
+    return backward
+
+
+def _recompute(op, ctx, saved):
     x, targets, alpha_per_class, weight, normalizer = saved[:5]
-    _, grad_input, grad_scale = _OPS.sigmoid_focal_loss(
-        x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
+    _, grad_input, grad_scale = op(x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
     return grad_input, grad_scale
 
 
-def _backward(ctx, grad_loss, _grad_of_grad_input, _grad_of_grad_scale):
-    nones = (None,) * (_NUM_FORWARD_ARGS - 1)
+def _backward(op, ctx, grad_loss):
+    nones = (None,) * (ctx.num_inputs - 1)
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) + nones
     if not ctx.eager:
         saved = ctx.saved_tensors
         grad_input, grad_scale = saved[5], saved[6]
         if grad_input.shape != saved[0].shape:  # forward ran without the gradient
-            grad_input, grad_scale = _recompute(ctx, saved)
+            grad_input, grad_scale = _recompute(op, ctx, saved)
+        if 0 < grad_loss.dim() < grad_input.dim():  # a per-row loss
+            grad_loss = grad_loss.unsqueeze(-1)
         factor = grad_loss.to(grad_scale.dtype) * grad_scale
         return ((grad_input.to(grad_scale.dtype) * factor).to(grad_input.dtype),) + nones
     grad_input, grad_scale = ctx.grad_input, ctx.grad_scale
     ctx.grad_input = None  # handed out below; a later backward must not see it again
     if grad_input is None:
         # Second backward through a retained graph, or the forward ran without grad mode.
-        grad_input, grad_scale = _recompute(ctx, ctx.saved_tensors)
+        grad_input, grad_scale = _recompute(op, ctx, ctx.saved_tensors)
     _OPS.scale_grad_(grad_input, grad_loss, grad_scale)
     return (grad_input,) + nones
 
 
-torch.library.register_autograd("focal_loss_ext::sigmoid_focal_loss", _backward, setup_context=_setup_context)
+for _name, _per_row in _LOSS_OPS.items():
+    torch.library.register_fake(f"focal_loss_ext::{_name}")(_make_fake(_per_row))
+    torch.library.register_autograd(f"focal_loss_ext::{_name}", _make_backward(getattr(_OPS, _name)),
+                                    setup_context=_setup_context)

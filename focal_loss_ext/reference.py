@@ -1,9 +1,10 @@
-"""The pure-PyTorch sigmoid focal loss: the specification the fused kernels are tested against.
+"""The pure-PyTorch focal losses: the specification the fused kernels are tested against.
 
-It follows ``torchvision.ops.sigmoid_focal_loss`` term by term and adds the options of
-:func:`focal_loss_ext.sigmoid_focal_loss` (integer labels, per-class alpha, per-row weight,
-normalizer, label smoothing). It runs in whatever dtype it is given; the tests call it in
-float64. Gradients come from autograd.
+The sigmoid loss follows ``torchvision.ops.sigmoid_focal_loss`` term by term, FL* follows
+fvcore's ``sigmoid_focal_loss_star`` (plus beta), and the softmax loss is written on top of
+``F.log_softmax``; each adds the options of its fused counterpart in
+:mod:`focal_loss_ext.functional`. They run in whatever dtype they are given; the tests call them
+in float64. Gradients come from autograd.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sigmoid_focal_loss_reference", "one_hot_targets"]
+__all__ = ["sigmoid_focal_loss_reference", "sigmoid_focal_loss_star_reference", "softmax_focal_loss_reference",
+           "one_hot_targets"]
 
 
 def one_hot_targets(labels: torch.Tensor, num_classes: int, ignore_index: int = -1, dtype=torch.float32):
@@ -39,32 +41,82 @@ def sigmoid_focal_loss_reference(
     ignore_index: int = -1,
 ) -> torch.Tensor:
     """Same arguments and meaning as :func:`focal_loss_ext.sigmoid_focal_loss`."""
+    t, keep = _sigmoid_targets(inputs, targets, label_smoothing, ignore_index)
+    p = torch.sigmoid(inputs)
+    ce = F.binary_cross_entropy_with_logits(inputs, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    return _weight_and_reduce(loss, t, keep, alpha, weight, reduction, normalizer)
+
+
+def sigmoid_focal_loss_star_reference(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    gamma: float = 4.0,
+    beta: float = 0.0,
+    alpha: float | torch.Tensor = 0.25,
+    reduction: str = "none",
+    *,
+    weight: torch.Tensor | None = None,
+    normalizer: float | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """Same arguments and meaning as :func:`focal_loss_ext.sigmoid_focal_loss_star`."""
+    t, keep = _sigmoid_targets(inputs, targets, label_smoothing, ignore_index)
+    positive = -F.logsigmoid(gamma * inputs + beta) / gamma
+    negative = -F.logsigmoid(-(gamma * inputs) + beta) / gamma
+    loss = t * positive + (1 - t) * negative
+    return _weight_and_reduce(loss, t, keep, alpha, weight, reduction, normalizer)
+
+
+def softmax_focal_loss_reference(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    reduction: str = "mean",
+    *,
+    weight: torch.Tensor | None = None,
+    normalizer: float | torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Same arguments and meaning as :func:`focal_loss_ext.softmax_focal_loss`."""
+    classes = inputs.shape[-1]
+    keep = None
+    if targets.is_floating_point():
+        q = targets.to(inputs.dtype)
+    else:
+        keep = targets != ignore_index
+        q = F.one_hot(torch.where(keep, targets, 0).long(), classes).to(inputs.dtype)
+    q = q * (1 - label_smoothing) + label_smoothing / classes
+    if alpha is not None:
+        q = q * alpha.to(inputs.dtype)
+    log_p = F.log_softmax(inputs, dim=-1)
+    # 1 - p, kept off 0 so that (1 - p)^gamma has a finite derivative for gamma < 1 (where p = 1,
+    # e.g. a single class, the term and its gradient are 0 either way)
+    one_minus_p = (-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny)
+    loss = -(q * one_minus_p**gamma * log_p).sum(-1)
+    if weight is not None:
+        loss = loss * weight.to(inputs.dtype)
+    if keep is not None:
+        loss = torch.where(keep, loss, torch.zeros_like(loss))
+    return _reduce(loss, reduction, keep.sum() if keep is not None else loss.numel(), normalizer)
+
+
+def _sigmoid_targets(inputs, targets, label_smoothing, ignore_index):
     keep = None
     if targets.is_floating_point():
         t = targets.to(inputs.dtype)
     else:
         t, keep = one_hot_targets(targets, inputs.shape[-1], ignore_index, inputs.dtype)
-    t = t * (1 - label_smoothing) + label_smoothing / 2
+    return t * (1 - label_smoothing) + label_smoothing / 2, keep
 
-    p = torch.sigmoid(inputs)
-    ce = F.binary_cross_entropy_with_logits(inputs, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * (1 - p_t) ** gamma
-    if isinstance(alpha, torch.Tensor):
-        a = alpha.to(inputs.dtype)
-        loss = (a * t + (1 - a) * (1 - t)) * loss
-    elif alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
-    if weight is not None:
-        loss = loss * weight.to(inputs.dtype).unsqueeze(-1)
-    if keep is not None:
-        loss = torch.where(keep.unsqueeze(-1), loss, torch.zeros_like(loss))
 
+def _reduce(loss, reduction, count, normalizer):
     if reduction == "mean":
-        if keep is not None:
-            loss = loss.sum() / (keep.sum() * inputs.shape[-1])
-        else:
-            loss = loss.mean()
+        loss = loss.sum() / count
     elif reduction == "sum":
         loss = loss.sum()
     elif reduction != "none":
@@ -72,3 +124,18 @@ def sigmoid_focal_loss_reference(
     if normalizer is not None:
         loss = loss / normalizer
     return loss
+
+
+def _weight_and_reduce(loss, t, keep, alpha, weight, reduction, normalizer):
+    """alpha_t, the per-row weight, the ignored rows and the reduction of a sigmoid-type loss."""
+    if isinstance(alpha, torch.Tensor):
+        a = alpha.to(loss.dtype)
+        loss = (a * t + (1 - a) * (1 - t)) * loss
+    elif alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    if weight is not None:
+        loss = loss * weight.to(loss.dtype).unsqueeze(-1)
+    if keep is not None:
+        loss = torch.where(keep.unsqueeze(-1), loss, torch.zeros_like(loss))
+    count = keep.sum() * loss.shape[-1] if keep is not None else loss.numel()
+    return _reduce(loss, reduction, count, normalizer)

@@ -81,3 +81,30 @@ def assert_close_to_reference(actual, expected, dtype, eager=None):
     ours = error(actual64, expected)
     theirs = error(eager, expected) if eager is not None else ulp
     assert ours <= 2 * theirs + ulp, f"half-precision error {ours:.3g} > 2 x eager's {theirs:.3g} + {ulp:.3g}"
+
+
+def float64_cpu(x, targets, kw):
+    """Inputs, targets and keyword tensors as the float64 references on the CPU take them."""
+    t = targets.cpu()
+    if t.is_floating_point():
+        t = t.double()
+    kw = {k: (v.cpu().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+          for k, v in kw.items()}
+    return x.detach().cpu().double(), t, kw
+
+
+def reference_loss_and_grad(reference_fn, x, targets, grad_output=None, **kw):
+    """Loss and d loss / d x of a float64 reference (autograd), on the CPU."""
+    x64, t, kw = float64_cpu(x, targets, kw)
+    x64.requires_grad_()
+    loss = reference_fn(x64, t, **kw)
+    loss.backward(torch.ones_like(loss) if grad_output is None else grad_output.cpu().double())
+    return loss.detach(), x64.grad
+
+
+def make_probabilities(shape, dtype, device):
+    """Class probabilities over the last dimension, some rows one-hot."""
+    p = torch.softmax(torch.randn(shape, dtype=torch.float64) * 2, dim=-1)
+    hard = torch.rand(shape[:-1]) < 0.3
+    p[hard] = torch.nn.functional.one_hot(p[hard].argmax(-1), shape[-1]).double()
+    return p.to(device=device, dtype=dtype)

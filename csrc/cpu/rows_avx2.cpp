@@ -1,4 +1,4 @@
-// The row loop with at::vec's AVX2 implementation (8 float lanes, Sleef exp/log1p/pow).
+// The row loops with at::vec's AVX2 implementation (8 float lanes, Sleef exp/log1p/pow).
 // Only this file is compiled for AVX2 + FMA (the pragma below, so setup.py needs no per-file
 // flags); the dispatcher calls it only where the CPU has them, and not under
 // ATEN_CPU_CAPABILITY=default.
@@ -24,6 +24,7 @@
 #endif
 
 #include "rows_impl.h"
+#include "softmax_rows_impl.h"
 
 namespace focal_loss_ext {
 namespace cpu {
@@ -33,6 +34,14 @@ RowsResult sigmoid_focal_rows_avx2(const RowsPlan& p, int64_t row_begin, int64_t
   return rows_dispatch(p, row_begin, row_end);
 #else
   return sigmoid_focal_rows_default(p, row_begin, row_end);
+#endif
+}
+
+RowsResult softmax_focal_rows_avx2(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
+#if defined(FOCAL_LOSS_EXT_HAVE_AVX2)
+  return softmax_rows_dispatch(p, row_begin, row_end);
+#else
+  return softmax_focal_rows_default(p, row_begin, row_end);
 #endif
 }
 

@@ -1,4 +1,4 @@
-// The CPU row loop, templated over dtype, gamma and target form. Included once per CPU
+// The CPU row loop of the sigmoid losses, templated over dtype, per-element rule and target form. Included once per CPU
 // capability by rows_<capability>.cpp, each of which sets CPU_CAPABILITY first so that
 // at::vec::Vectorized is the AVX2 (or the portable) implementation in its own namespace.
 #pragma once
@@ -44,7 +44,7 @@ inline void fill_zero(void* base, int64_t offset, int64_t n) {
   if (base != nullptr) std::fill_n(static_cast<scalar_t*>(base) + offset, n, scalar_t(0));
 }
 
-template <typename scalar_t, GammaKind kGamma, bool kLabels>
+template <typename scalar_t, typename Rule, bool kLabels>
 RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   using opmath_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -57,11 +57,12 @@ RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   auto* loss_out = static_cast<scalar_t*>(p.loss_out);
   auto* grad_out = static_cast<scalar_t*>(p.grad_out);
   const Vec gamma(static_cast<opmath_t>(p.gamma));
+  const Vec beta(static_cast<opmath_t>(p.beta));
   const Vec keep(static_cast<opmath_t>(1 - p.smoothing));
   const Vec half_smoothing(static_cast<opmath_t>(p.smoothing / 2));
   const Vec loss_factor(static_cast<opmath_t>(p.loss_factor));
   const Vec zero(0);
-  const SigmoidFocal<kGamma> rule;
+  const Rule rule;
 
   RowsResult result;
   Vec acc(0);
@@ -105,7 +106,7 @@ RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
         alpha_pos = Vec::loadu(alpha + k0, n);
         alpha_neg = Vec(1) - alpha_pos;
       }
-      const LossGrad<Vec> lg = rule(xv, tv, alpha_pos, alpha_neg, gamma);
+      const LossGrad<Vec> lg = rule(xv, tv, alpha_pos, alpha_neg, gamma, beta);
       const Vec loss = lg.loss * row_weight;
       if (loss_out != nullptr) {
         store(loss_out + base + k0, loss * loss_factor, n);
@@ -124,21 +125,22 @@ RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   return result;
 }
 
-template <typename scalar_t, GammaKind kGamma>
-RowsResult rows_for_gamma(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
-  return p.labels != nullptr ? rows_impl<scalar_t, kGamma, true>(p, row_begin, row_end)
-                             : rows_impl<scalar_t, kGamma, false>(p, row_begin, row_end);
+template <typename scalar_t, typename Rule>
+RowsResult rows_for_rule(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
+  return p.labels != nullptr ? rows_impl<scalar_t, Rule, true>(p, row_begin, row_end)
+                             : rows_impl<scalar_t, Rule, false>(p, row_begin, row_end);
 }
 
 template <typename scalar_t>
 RowsResult rows_for_dtype(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
+  if (p.star) return rows_for_rule<scalar_t, SigmoidFocalStar>(p, row_begin, row_end);
   switch (p.gamma_kind) {
-    case GammaKind::Zero: return rows_for_gamma<scalar_t, GammaKind::Zero>(p, row_begin, row_end);
-    case GammaKind::One: return rows_for_gamma<scalar_t, GammaKind::One>(p, row_begin, row_end);
-    case GammaKind::Two: return rows_for_gamma<scalar_t, GammaKind::Two>(p, row_begin, row_end);
+    case GammaKind::Zero: return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::Zero>>(p, row_begin, row_end);
+    case GammaKind::One: return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::One>>(p, row_begin, row_end);
+    case GammaKind::Two: return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::Two>>(p, row_begin, row_end);
     case GammaKind::General: break;
   }
-  return rows_for_gamma<scalar_t, GammaKind::General>(p, row_begin, row_end);
+  return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::General>>(p, row_begin, row_end);
 }
 
 inline RowsResult rows_dispatch(const RowsPlan& p, int64_t row_begin, int64_t row_end) {

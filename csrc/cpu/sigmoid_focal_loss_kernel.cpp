@@ -1,4 +1,5 @@
-// CPU backend: fixed-size blocks of rows run in parallel; their partial sums are combined in
+// CPU backend of the sigmoid losses (FL and FL*), and the block runner that the softmax loss
+// shares: fixed-size blocks of rows run in parallel; their partial sums are combined in
 // block order, so the loss is the same for any thread count and any run.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,32 +20,24 @@ namespace {
 // hundred terms each (error ~1e-6 relative), large enough to amortise the task overhead.
 constexpr int64_t kElementsPerBlock = 4096;
 
-// The AVX2 loop where the CPU has AVX2, FMA and F16C, unless ATEN_CPU_CAPABILITY=default asks
-// for the portable code (as it does for PyTorch's own kernels).
-RowsFn pick_rows_fn() {
-  static const RowsFn fn = [] {
+}  // namespace
+
+bool use_avx2() {
+  static const bool avx2 = [] {
     const char* env = std::getenv("ATEN_CPU_CAPABILITY");
     const bool forced_default = env != nullptr && std::string(env) == "default";
 #if defined(__x86_64__) || defined(_M_X64)
-    if (!forced_default && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
-      return &sigmoid_focal_rows_avx2;
-    }
-#endif
+    return !forced_default && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
     (void)forced_default;
-    return &sigmoid_focal_rows_default;
+    return false;
+#endif
   }();
-  return fn;
+  return avx2;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
-    double gamma, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
-    bool compute_grad) {
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     alpha, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad);
+void run_rows(SigmoidFocalProblem& p, RowsFn rows_fn) {
   // On the CPU the normalizer can be read without a device round trip.
   double factor = p.host_factor;
   if (p.normalizer.defined()) factor /= p.normalizer.item<double>();
@@ -52,6 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
   RowsPlan plan;
   plan.dtype = p.inputs.scalar_type();
   plan.gamma_kind = gamma_kind(p.gamma);
+  plan.star = p.kind == LossKind::SigmoidFocalStar;
   plan.inputs = p.inputs.const_data_ptr();
   plan.targets = p.labels ? nullptr : p.targets.const_data_ptr();
   plan.labels = p.labels ? p.targets.const_data_ptr<int64_t>() : nullptr;
@@ -60,6 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
   plan.alpha_pos = p.alpha_pos;
   plan.alpha_neg = p.alpha_neg;
   plan.gamma = p.gamma;
+  plan.beta = p.beta;
   plan.smoothing = p.smoothing;
   plan.loss_factor = factor;
   plan.grad_factor = p.fold_into_grad ? factor : 1.0;
@@ -71,7 +66,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
   const int64_t rows_per_block = std::max<int64_t>(1, kElementsPerBlock / std::max<int64_t>(p.classes, 1));
   const int64_t blocks = p.classes == 0 ? 0 : (p.rows + rows_per_block - 1) / rows_per_block;
   std::vector<RowsResult> partials(blocks);
-  const RowsFn rows_fn = pick_rows_fn();
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       partials[b] = rows_fn(plan, b * rows_per_block, std::min(p.rows, (b + 1) * rows_per_block));
@@ -81,8 +75,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
   double total = 0;
   int64_t count = 0;
   for (const RowsResult& r : partials) {
-    TORCH_CHECK(!r.bad_label, "targets: label ", r.first_bad_label, " is out of range; expected a class in [0, ",
-                p.classes, "), ", p.classes, " (background) or ignore_index (", p.ignore_index, ")");
+    if (p.kind == LossKind::SoftmaxFocal) {
+      TORCH_CHECK(!r.bad_label, "targets: label ", r.first_bad_label, " is out of range; expected a class in [0, ",
+                  p.classes, ") or ignore_index (", p.ignore_index, ")");
+    } else {
+      TORCH_CHECK(!r.bad_label, "targets: label ", r.first_bad_label, " is out of range; expected a class in [0, ",
+                  p.classes, "), ", p.classes, " (background) or ignore_index (", p.ignore_index, ")");
+    }
     total += r.loss_sum;
     count += r.count;
   }
@@ -93,6 +92,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
   }
   if (p.reduction != Reduction::None) p.loss.fill_(total * factor);
   p.grad_scale.fill_(grad_scale);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
+    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
+    double gamma, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
+    bool compute_grad) {
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
+                                                     alpha, gamma, scale, label_smoothing, ignore_index,
+                                                     reduction, compute_grad);
+  run_rows(p, use_avx2() ? &sigmoid_focal_rows_avx2 : &sigmoid_focal_rows_default);
+  return {p.loss, p.grad_input, p.grad_scale};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cpu(
+    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
+    double gamma, double beta, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
+    bool compute_grad) {
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
+                                                     alpha, gamma, scale, label_smoothing, ignore_index,
+                                                     reduction, compute_grad, LossKind::SigmoidFocalStar, beta);
+  run_rows(p, use_avx2() ? &sigmoid_focal_rows_avx2 : &sigmoid_focal_rows_default);
   return {p.loss, p.grad_input, p.grad_scale};
 }
 
@@ -111,6 +135,7 @@ void scale_grad_cpu_(at::Tensor grad_input, const at::Tensor& grad_output, const
 
 TORCH_LIBRARY_IMPL(focal_loss_ext, CPU, m) {
   m.impl("sigmoid_focal_loss", &cpu::sigmoid_focal_loss_cpu);
+  m.impl("sigmoid_focal_loss_star", &cpu::sigmoid_focal_loss_star_cpu);
   m.impl("scale_grad_", &cpu::scale_grad_cpu_);
 }
 

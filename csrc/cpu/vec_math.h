@@ -30,6 +30,19 @@ template <typename T>
 inline at::vec::Vectorized<T> pow(const at::vec::Vectorized<T>& x, const at::vec::Vectorized<T>& y) {
   return x.pow(y);
 }
+template <typename T>
+inline at::vec::Vectorized<T> expm1(const at::vec::Vectorized<T>& x) {
+  return x.expm1();
+}
+template <typename T>
+inline at::vec::Vectorized<T> log(const at::vec::Vectorized<T>& x) {
+  return x.log();
+}
+// NaN-propagating, like the scalar overload.
+template <typename T>
+inline at::vec::Vectorized<T> max(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {
+  return at::vec::maximum(a, b);
+}
 // mask lanes are all ones (true) or all zeros (false), as at::vec comparisons return them.
 template <typename T>
 inline at::vec::Vectorized<T> select(const at::vec::Vectorized<T>& mask,

@@ -15,59 +15,11 @@
 #include <limits>
 
 #include "../sigmoid_focal_loss.h"
+#include "cuda_helpers.cuh"
 
 namespace focal_loss_ext {
 namespace cuda {
 namespace {
-
-// 256 threads = 8 warps: at 8 resident blocks per SM that is the full 2048 threads of a Hopper
-// SM, the occupancy a latency-bound streaming loop wants; also the width of the block
-// reductions below.
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-// Resident blocks per SM used to size the persistent grid (2048 threads / kThreads).
-constexpr int kBlocksPerSm = 8;
-// 16-byte accesses: the widest single load/store instruction (LDG.E.128 / STG.E.128).
-constexpr int kAccessBytes = 16;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-int multiprocessor_count(int device) {
-  // Read once per device: cudaDeviceGetAttribute does not synchronize, but it is not free.
-  static int counts[64] = {};
-  if (device < 64 && counts[device] > 0) return counts[device];
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < 64) counts[device] = count;
-  return count;
-}
-
-int64_t grid_for(int64_t work_items, int device) {
-  const int64_t wanted = (work_items + kThreads - 1) / kThreads;
-  const int64_t resident = static_cast<int64_t>(multiprocessor_count(device)) * kBlocksPerSm;
-  return std::max<int64_t>(1, std::min(wanted, resident));
-}
-
-// Sum over the block in a fixed order (shuffle tree within warps, then warp results in
-// order); the result is valid in thread 0.
-template <typename T>
-__device__ T block_sum(T value) {
-  __shared__ T warp_sums[kWarps];
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  T total = 0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
-  }
-  __syncthreads();  // warp_sums may be reused by a following call
-  return total;
-}
 
 template <typename opmath_t>
 struct ForwardArgs {
@@ -77,6 +29,7 @@ struct ForwardArgs {
   opmath_t alpha_pos;
   opmath_t alpha_neg;
   opmath_t gamma;
+  opmath_t beta;            // FL* only
   opmath_t keep;            // 1 - label_smoothing
   opmath_t half_smoothing;  // label_smoothing / 2
   opmath_t host_factor;
@@ -88,13 +41,8 @@ struct ForwardArgs {
   int64_t packs_per_row;  // classes / kVec
 };
 
-template <typename opmath_t>
-__device__ __forceinline__ opmath_t loss_factor(const ForwardArgs<opmath_t>& a) {
-  return a.normalizer != nullptr ? a.host_factor / *a.normalizer : a.host_factor;
-}
-
 // One thread handles kVec consecutive elements of one row per step (classes % kVec == 0).
-template <typename scalar_t, int kVec, GammaKind kGamma, bool kLabels>
+template <typename scalar_t, int kVec, typename Rule, bool kLabels>
 __global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
     const scalar_t* __restrict__ inputs,
     const scalar_t* __restrict__ targets,  // float form
@@ -107,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
     const ForwardArgs<at::opmath_type<scalar_t>> a) {
   using opmath_t = at::opmath_type<scalar_t>;
   using VecT = Pack<scalar_t, kVec>;
-  const SigmoidFocal<kGamma> rule;
+  const Rule rule;
   const opmath_t factor = loss_factor(a);
   const opmath_t grad_factor = a.fold_into_grad ? factor : opmath_t(1);
   if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *grad_scale = a.fold_into_grad ? opmath_t(1) : factor;
@@ -158,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
           alpha_pos = a.alpha[k0 + j];
           alpha_neg = opmath_t(1) - alpha_pos;
         }
-        const LossGrad<opmath_t> lg = rule(static_cast<opmath_t>(x.v[j]), target, alpha_pos, alpha_neg, a.gamma);
+        const LossGrad<opmath_t> lg = rule(static_cast<opmath_t>(x.v[j]), target, alpha_pos, alpha_neg, a.gamma, a.beta);
         const opmath_t loss = lg.loss * w;
         acc += loss;
         loss_pack.v[j] = static_cast<scalar_t>(loss * factor);
@@ -184,46 +132,17 @@ __global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
   }
 }
 
-// One block: sums the partials in a fixed order and writes the loss and grad_scale.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) sigmoid_focal_finalize_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ partial_sums,
-    const int64_t* __restrict__ partial_counts,
-    int64_t partials,
-    scalar_t* __restrict__ loss,
-    at::opmath_type<scalar_t>* __restrict__ grad_scale,
-    const ForwardArgs<at::opmath_type<scalar_t>> a) {
+// Launches the forward pass; returns the grid it used (the number of partials written).
+template <typename scalar_t, int kVec, typename Rule, bool kLabels>
+int64_t launch_forward(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
+                       at::Tensor& partial_sums, at::Tensor& partial_counts, int device, cudaStream_t stream) {
   using opmath_t = at::opmath_type<scalar_t>;
-  opmath_t sum = 0;
-  int64_t count = 0;
-  for (int64_t i = threadIdx.x; i < partials; i += kThreads) {
-    sum += partial_sums[i];
-    count += partial_counts[i];
-  }
-  sum = block_sum(sum);
-  if (a.mean_over_count) count = block_sum(count);
-  if (threadIdx.x != 0) return;
-  const opmath_t factor = loss_factor(a);
-  opmath_t scale = a.fold_into_grad ? opmath_t(1) : factor;
-  if (a.mean_over_count) {
-    sum /= static_cast<opmath_t>(count);  // NaN when every row is ignored, as for an empty mean
-    scale = count > 0 ? scale / static_cast<opmath_t>(count) : opmath_t(0);
-  }
-  *loss = static_cast<scalar_t>(sum * factor);
-  *grad_scale = scale;
-}
-
-bool aligned(const void* p) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % kAccessBytes == 0;
-}
-
-template <typename scalar_t, int kVec, GammaKind kGamma, bool kLabels>
-void launch_forward(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
-                    at::Tensor& partial_sums, at::Tensor& partial_counts, int64_t grid,
-                    cudaStream_t stream) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  const auto kernel = sigmoid_focal_forward_kernel<scalar_t, kVec, Rule, kLabels>;
+  static const int blocks_per_sm = resident_blocks_per_sm(kernel);
+  const int64_t grid = grid_for(args.packs, device, blocks_per_sm);
+  TORCH_INTERNAL_ASSERT(!partial_sums.defined() || grid <= partial_sums.numel());
   const bool reduce = p.reduction != Reduction::None;
-  sigmoid_focal_forward_kernel<scalar_t, kVec, kGamma, kLabels><<<grid, kThreads, 0, stream>>>(
+  kernel<<<grid, kThreads, 0, stream>>>(
       p.inputs.const_data_ptr<scalar_t>(),
       kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
       kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr,
@@ -234,45 +153,43 @@ void launch_forward(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_t
       p.grad_scale.mutable_data_ptr<opmath_t>(),
       args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grid;
 }
 
-template <typename scalar_t, int kVec, GammaKind kGamma>
-void launch_forward_targets(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
-                            at::Tensor& partial_sums, at::Tensor& partial_counts, int64_t grid,
-                            cudaStream_t stream) {
-  if (p.labels) {
-    launch_forward<scalar_t, kVec, kGamma, true>(p, args, partial_sums, partial_counts, grid, stream);
-  } else {
-    launch_forward<scalar_t, kVec, kGamma, false>(p, args, partial_sums, partial_counts, grid, stream);
-  }
+template <typename scalar_t, int kVec, typename Rule>
+int64_t launch_forward_targets(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
+                               at::Tensor& partial_sums, at::Tensor& partial_counts, int device,
+                               cudaStream_t stream) {
+  return p.labels ? launch_forward<scalar_t, kVec, Rule, true>(p, args, partial_sums, partial_counts, device, stream)
+                  : launch_forward<scalar_t, kVec, Rule, false>(p, args, partial_sums, partial_counts, device, stream);
 }
 
 template <typename scalar_t, int kVec>
-void launch_forward_gamma(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
-                          at::Tensor& partial_sums, at::Tensor& partial_counts, int64_t grid,
-                          cudaStream_t stream) {
+int64_t launch_forward_gamma(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
+                             at::Tensor& partial_sums, at::Tensor& partial_counts, int device, cudaStream_t stream) {
+  if (p.kind == LossKind::SigmoidFocalStar) {
+    return launch_forward_targets<scalar_t, kVec, SigmoidFocalStar>(p, args, partial_sums, partial_counts, device,
+                                                                    stream);
+  }
   switch (gamma_kind(p.gamma)) {
     case GammaKind::Zero:
-      return launch_forward_targets<scalar_t, kVec, GammaKind::Zero>(p, args, partial_sums, partial_counts, grid, stream);
+      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::Zero>>(p, args, partial_sums, partial_counts, device,
+                                                                     stream);
     case GammaKind::One:
-      return launch_forward_targets<scalar_t, kVec, GammaKind::One>(p, args, partial_sums, partial_counts, grid, stream);
+      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::One>>(p, args, partial_sums, partial_counts, device,
+                                                                    stream);
     case GammaKind::Two:
-      return launch_forward_targets<scalar_t, kVec, GammaKind::Two>(p, args, partial_sums, partial_counts, grid, stream);
+      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::Two>>(p, args, partial_sums, partial_counts, device,
+                                                                    stream);
     case GammaKind::General:
-      return launch_forward_targets<scalar_t, kVec, GammaKind::General>(p, args, partial_sums, partial_counts, grid,
-                                                                        stream);
+      break;
   }
+  return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::General>>(p, args, partial_sums, partial_counts, device,
+                                                                    stream);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
-    double gamma, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
-    bool compute_grad) {
-  const c10::cuda::CUDAGuard device_guard(inputs.device());
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     alpha, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad);
+// FL and FL*: the same pass, with the rule picked from p.kind.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalProblem& p) {
   if (p.inputs.numel() == 0) {
     // Nothing to launch a pass over; fill_ stays on the device (no host round trip).
     if (p.reduction != Reduction::None) {
@@ -283,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(
     return {p.loss, p.grad_input, p.grad_scale};
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int device = inputs.get_device();
+  const int device = p.inputs.get_device();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.inputs.scalar_type(), "sigmoid_focal_loss_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -301,6 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(
     args.alpha_pos = static_cast<opmath_t>(p.alpha_pos);
     args.alpha_neg = static_cast<opmath_t>(p.alpha_neg);
     args.gamma = static_cast<opmath_t>(p.gamma);
+    args.beta = static_cast<opmath_t>(p.beta);
     args.keep = static_cast<opmath_t>(1 - p.smoothing);
     args.half_smoothing = static_cast<opmath_t>(p.smoothing / 2);
     args.host_factor = static_cast<opmath_t>(p.host_factor);
@@ -311,24 +229,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(
     args.packs = p.inputs.numel() / vec;
     args.packs_per_row = p.classes / vec;
 
-    const int64_t grid = grid_for(args.packs, device);
     const bool reduce = p.reduction != Reduction::None;
+    // Room for one partial per block of the largest grid any variant launches: a full SM
+    // holds at most 2048 threads.
+    const int64_t max_grid = static_cast<int64_t>(multiprocessor_count(device)) * (2048 / kThreads);
     const auto opts = p.inputs.options();
-    at::Tensor partial_sums = reduce ? at::empty({grid}, opts.dtype(p.grad_scale.scalar_type())) : at::Tensor();
-    at::Tensor partial_counts = reduce ? at::empty({grid}, opts.dtype(at::kLong)) : at::Tensor();
-    if (vectorize) {
-      launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, grid, stream);
-    } else {
-      launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, grid, stream);
-    }
+    at::Tensor partial_sums = reduce ? at::empty({max_grid}, opts.dtype(p.grad_scale.scalar_type())) : at::Tensor();
+    at::Tensor partial_counts = reduce ? at::empty({max_grid}, opts.dtype(at::kLong)) : at::Tensor();
+    const int64_t grid = vectorize
+        ? launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, device, stream)
+        : launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, device, stream);
     if (reduce) {
-      sigmoid_focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+      focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
           partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
           p.loss.mutable_data_ptr<scalar_t>(), p.grad_scale.mutable_data_ptr<opmath_t>(), args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return {p.loss, p.grad_input, p.grad_scale};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(
+    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
+    double gamma, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
+    bool compute_grad) {
+  const c10::cuda::CUDAGuard device_guard(inputs.device());
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
+                                                     alpha, gamma, scale, label_smoothing, ignore_index,
+                                                     reduction, compute_grad);
+  return run_sigmoid_losses(p);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cuda(
+    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
+    double gamma, double beta, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
+    bool compute_grad) {
+  const c10::cuda::CUDAGuard device_guard(inputs.device());
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
+                                                     alpha, gamma, scale, label_smoothing, ignore_index,
+                                                     reduction, compute_grad, LossKind::SigmoidFocalStar, beta);
+  return run_sigmoid_losses(p);
 }
 
 // grad *= grad_output * grad_scale, both read on the device; every block returns at once
@@ -369,16 +311,12 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_input.scalar_type(), "scale_grad_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     constexpr int kVecMax = kAccessBytes / sizeof(scalar_t);
-    const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device());
-    if (aligned(grad_input.const_data_ptr())) {
-      scale_grad_kernel<scalar_t, kVecMax><<<grid, kThreads, 0, stream>>>(
-          grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-          grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
-    } else {
-      scale_grad_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
-          grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-          grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
-    }
+    const auto kernel = aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax>
+                                                             : scale_grad_kernel<scalar_t, 1>;
+    static const int blocks_per_sm = resident_blocks_per_sm(scale_grad_kernel<scalar_t, kVecMax>);
+    const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device(), blocks_per_sm);
+    kernel<<<grid, kThreads, 0, stream>>>(grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+                                          grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -388,6 +326,7 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
 
 TORCH_LIBRARY_IMPL(focal_loss_ext, CUDA, m) {
   m.impl("sigmoid_focal_loss", &cuda::sigmoid_focal_loss_cuda);
+  m.impl("sigmoid_focal_loss_star", &cuda::sigmoid_focal_loss_star_cuda);
   m.impl("scale_grad_", &cuda::scale_grad_cuda_);
 }
 

@@ -1,0 +1,31 @@
+// CPU backend of the softmax focal loss: the row loop (softmax_rows_impl.h, one per CPU
+// capability) run by the block runner that the sigmoid losses use.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../sigmoid_focal_loss.h"
+#include "rows.h"
+
+namespace focal_loss_ext {
+namespace cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cpu(
+    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double gamma,
+    double scale, double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad) {
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
+                                                     /*alpha=*/-1.0, gamma, scale, label_smoothing, ignore_index,
+                                                     reduction, compute_grad, LossKind::SoftmaxFocal);
+  run_rows(p, use_avx2() ? &softmax_focal_rows_avx2 : &softmax_focal_rows_default);
+  return {p.loss, p.grad_input, p.grad_scale};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(focal_loss_ext, CPU, m) {
+  m.impl("softmax_focal_loss", &cpu::softmax_focal_loss_cpu);
+}
+
+}  // namespace focal_loss_ext
