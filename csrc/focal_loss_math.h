@@ -47,6 +47,10 @@ C10_HOST_DEVICE inline float exp(float x) { return ::expf(x); }
 C10_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
 C10_HOST_DEVICE inline float log1p(float x) { return ::log1pf(x); }
 C10_HOST_DEVICE inline double log1p(double x) { return ::log1p(x); }
+// log1p on (0, 1], the only range softplus needs (its argument is exp(-|x|)); the CPU vector
+// overload uses that range to replace a general log1p with a short series.
+C10_HOST_DEVICE inline float log1p_unit(float x) { return ::log1pf(x); }
+C10_HOST_DEVICE inline double log1p_unit(double x) { return ::log1p(x); }
 C10_HOST_DEVICE inline float abs(float x) { return ::fabsf(x); }
 C10_HOST_DEVICE inline double abs(double x) { return ::fabs(x); }
 C10_HOST_DEVICE inline float pow(float x, float y) { return ::powf(x, y); }
@@ -83,7 +87,7 @@ C10_HOST_DEVICE inline SigmoidParts<T> sigmoid_parts(T x) {
   const T inv = one / (one + e);          // sigmoid(|x|)
   const T small = e * inv;                // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
-  const T l = math::log1p(e);
+  const T l = math::log1p_unit(e);
   SigmoidParts<T> p;
   p.sig_pos = select(x_nonneg, inv, small);
   p.sig_neg = select(x_nonneg, small, inv);
