@@ -8,8 +8,7 @@ also ``softmax_focal_loss`` (multi-class) and ``sigmoid_focal_loss_star`` (FL*).
 
 from .functional import sigmoid_focal_loss, sigmoid_focal_loss_star, softmax_focal_loss
 from .modules import SigmoidFocalLoss
-from .reference import (sigmoid_focal_loss_reference, sigmoid_focal_loss_star_reference,
-                        softmax_focal_loss_reference)
+from .reference import sigmoid_focal_loss_reference, sigmoid_focal_loss_star_reference, softmax_focal_loss_reference
 
 __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_star", "softmax_focal_loss", "SigmoidFocalLoss",
            "sigmoid_focal_loss_reference", "sigmoid_focal_loss_star_reference", "softmax_focal_loss_reference"]

@@ -1,12 +1,12 @@
 """Python-side registrations of the ``focal_loss_ext`` operators: fake kernels and autograd.
 
 The operators are ``sigmoid_focal_loss``, ``sigmoid_focal_loss_star`` (FL*) and
-``softmax_focal_loss``; all three take ``(inputs, targets, alpha_per_class, weight, normalizer,
-<scalars>..., compute_grad)`` and return ``(loss, grad_input, grad_scale)``, so one fake kernel
-and one autograd formula serve them all. The schemas live in ``csrc/sigmoid_focal_loss.cpp``
-(``TORCH_LIBRARY``); the CPU and CUDA kernels register themselves there too. Here we add what torch.compile and autograd need:
-shape-only (fake) kernels, and a backward that consumes the gradient the forward pass has
-already computed.
+``softmax_focal_loss``; all three take ``(inputs, targets, alpha_per_class, weight,
+normalizer, <scalars>..., compute_grad)`` and return ``(loss, grad_input, grad_scale)``, so one
+fake kernel and one autograd formula serve them all. The schemas live in
+``csrc/sigmoid_focal_loss.cpp`` (``TORCH_LIBRARY``); the CPU and CUDA kernels register
+themselves there too. Here we add what torch.compile and autograd need: shape-only (fake)
+kernels, and a backward that consumes the gradient the forward pass has already computed.
 
 How the backward stays cheap and correct:
 
@@ -44,16 +44,19 @@ def _make_fake(per_row: bool):
         reduction, compute_grad = scalars[-2], scalars[-1]
         torch._check(inputs.dim() >= 1, lambda: "inputs must have shape (..., K)")
         torch._check(inputs.dtype.is_floating_point, lambda: f"inputs must be floating, got {inputs.dtype}")
+        shape, target_shape = tuple(inputs.shape), tuple(targets.shape)
         if targets.dtype.is_floating_point:
-            torch._check(targets.shape == inputs.shape,
-                         lambda: f"floating targets must have inputs' shape {tuple(inputs.shape)}, got {tuple(targets.shape)}")
+            torch._check(target_shape == shape,
+                         lambda: f"floating targets must have inputs' shape {shape}, got {target_shape}")
         else:
-            torch._check(targets.shape == inputs.shape[:-1],
-                         lambda: f"integer targets must have shape {tuple(inputs.shape[:-1])}, got {tuple(targets.shape)}")
-        for name, t in (("targets", targets), ("alpha", alpha_per_class), ("weight", weight), ("normalizer", normalizer)):
+            torch._check(target_shape == shape[:-1],
+                         lambda: f"integer targets must have shape {shape[:-1]}, got {target_shape}")
+        operands = (("targets", targets), ("alpha", alpha_per_class), ("weight", weight), ("normalizer", normalizer))
+        for name, t in operands:
             if t is not None:
                 torch._check(t.device == inputs.device,
-                             lambda: f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}")
+                             lambda name=name, t=t: f"{name} must be on the same device as inputs "
+                                                    f"({inputs.device}), got {t.device}")
         torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
         unreduced_shape = inputs.shape[:-1] if per_row else inputs.shape
         loss = inputs.new_empty(unreduced_shape if reduction == 0 else ())

@@ -14,7 +14,8 @@ __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_star", "softmax_focal_loss"
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _check_args(fn_name, inputs, targets, reduction, label_smoothing, gamma, gamma_min_exclusive=False, **tensors):
+def _check_args(fn_name, inputs, targets, reduction, label_smoothing, gamma, gamma_min_exclusive=False,
+                **tensors):
     """The argument checks shared by the three losses (the C++ op repeats the ones it needs)."""
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
@@ -39,8 +40,9 @@ def _alpha_args(alpha, inputs):
     """(per-class alpha tensor or None, scalar alpha) for the op."""
     if isinstance(alpha, torch.Tensor):
         if alpha.dim() != 1:
-            raise ValueError(f"alpha must be a float or a 1-D tensor of K = {inputs.shape[-1] if inputs.dim() else '?'} "
-                             f"per-class values, got a tensor of shape {tuple(alpha.shape)}")
+            classes = inputs.shape[-1] if inputs.dim() else "?"
+            raise ValueError(f"alpha must be a float or a 1-D tensor of K = {classes} per-class values, "
+                             f"got a tensor of shape {tuple(alpha.shape)}")
         return alpha, -1.0
     if not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a float or a 1-D tensor, got {type(alpha).__name__}")
