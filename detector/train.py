@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -143,7 +144,12 @@ def train(config: Config) -> dict:
                 "train_minutes": train_seconds / 60.0,
             }
             log.write(row)
-            bar.set_postfix(loss=f"{means[0] + means[1]:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
+            bar.set_postfix(
+                loss=f"{means[0] + means[1]:.3f}",
+                lr=f"{lr:.2e}",
+                img_s=f"{images_per_s:.1f}",
+                minutes=f"{train_seconds / 60:.1f}" + (f"/{cfg.max_minutes:g}" if budget_seconds else ""),
+            )
             running.zero_()
             steps_since_log = 0
         bar.update(1)
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     summary = train(from_arguments(parser.parse_args(argv)))
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
     return summary
 
 
