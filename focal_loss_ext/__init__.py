@@ -10,6 +10,13 @@ from .functional import sigmoid_focal_loss, sigmoid_focal_loss_star, softmax_foc
 from .modules import SigmoidFocalLoss
 from .reference import sigmoid_focal_loss_reference, sigmoid_focal_loss_star_reference, softmax_focal_loss_reference
 
-__all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_star", "softmax_focal_loss", "SigmoidFocalLoss",
-           "sigmoid_focal_loss_reference", "sigmoid_focal_loss_star_reference", "softmax_focal_loss_reference"]
+__all__ = [
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_star",
+    "softmax_focal_loss",
+    "SigmoidFocalLoss",
+    "sigmoid_focal_loss_reference",
+    "sigmoid_focal_loss_star_reference",
+    "softmax_focal_loss_reference",
+]
 __version__ = "0.1.0"

@@ -46,17 +46,22 @@ def _make_fake(per_row: bool):
         torch._check(inputs.dtype.is_floating_point, lambda: f"inputs must be floating, got {inputs.dtype}")
         shape, target_shape = tuple(inputs.shape), tuple(targets.shape)
         if targets.dtype.is_floating_point:
-            torch._check(target_shape == shape,
-                         lambda: f"floating targets must have inputs' shape {shape}, got {target_shape}")
+            torch._check(
+                target_shape == shape, lambda: f"floating targets must have inputs' shape {shape}, got {target_shape}"
+            )
         else:
-            torch._check(target_shape == shape[:-1],
-                         lambda: f"integer targets must have shape {shape[:-1]}, got {target_shape}")
+            torch._check(
+                target_shape == shape[:-1], lambda: f"integer targets must have shape {shape[:-1]}, got {target_shape}"
+            )
         operands = (("targets", targets), ("alpha", alpha_per_class), ("weight", weight), ("normalizer", normalizer))
         for name, t in operands:
             if t is not None:
-                torch._check(t.device == inputs.device,
-                             lambda name=name, t=t: f"{name} must be on the same device as inputs "
-                                                    f"({inputs.device}), got {t.device}")
+                torch._check(
+                    t.device == inputs.device,
+                    lambda name=name, t=t: (
+                        f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}"
+                    ),
+                )
         torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
         unreduced_shape = inputs.shape[:-1] if per_row else inputs.shape
         loss = inputs.new_empty(unreduced_shape if reduction == 0 else ())
@@ -128,5 +133,6 @@ def _backward(op, ctx, grad_loss):
 
 for _name, _per_row in _LOSS_OPS.items():
     torch.library.register_fake(f"focal_loss_ext::{_name}")(_make_fake(_per_row))
-    torch.library.register_autograd(f"focal_loss_ext::{_name}", _make_backward(getattr(_OPS, _name)),
-                                    setup_context=_setup_context)
+    torch.library.register_autograd(
+        f"focal_loss_ext::{_name}", _make_backward(getattr(_OPS, _name)), setup_context=_setup_context
+    )

@@ -31,23 +31,27 @@ def cuda_archs_in_library(path: str) -> str:
 def report() -> str:
     from . import _C, __version__
 
+    forced_portable = os.environ.get("ATEN_CPU_CAPABILITY") == "default"
+    vector_code = "portable (ATEN_CPU_CAPABILITY=default)" if forced_portable else "AVX2 where the CPU has it"
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CUDA")
     lines = [
         f"focal_loss_ext      {__version__} ({_C.__file__})",
         f"python              {platform.python_version()} on {platform.machine()}",
         f"torch               {torch.__version__} (built with CUDA {torch.version.cuda})",
         f"CPU threads         {torch.get_num_threads()} (torch.get_num_threads)",
-        f"CPU kernel          registered, vector code: "
-        f"{'portable (ATEN_CPU_CAPABILITY=default)' if os.environ.get('ATEN_CPU_CAPABILITY') == 'default' else 'AVX2 where the CPU has it'}",
+        f"CPU kernel          registered, vector code: {vector_code}",
         f"CUDA kernel built   {'yes' if _C.with_cuda else 'no'}; registered: {'yes' if has_cuda_kernel else 'no'}",
     ]
     if _C.with_cuda:
-        lines.append(f"CUDA targets        TORCH_CUDA_ARCH_LIST={_C.cuda_archs}; in the library: {cuda_archs_in_library(_C.__file__)}")
+        in_library = cuda_archs_in_library(_C.__file__)
+        lines.append(f"CUDA targets        TORCH_CUDA_ARCH_LIST={_C.cuda_archs}; in the library: {in_library}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            lines.append(f"GPU {i}               {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
-                         f"{p.total_memory / 2**30:.0f} GiB")
+            lines.append(
+                f"GPU {i}               {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+                f"{p.total_memory / 2**30:.0f} GiB"
+            )
     else:
         lines.append("GPU                 none visible")
     return "\n".join(lines)

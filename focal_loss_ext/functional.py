@@ -14,8 +14,7 @@ __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_star", "softmax_focal_loss"
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _check_args(fn_name, inputs, targets, reduction, label_smoothing, gamma, gamma_min_exclusive=False,
-                **tensors):
+def _check_args(fn_name, inputs, targets, reduction, label_smoothing, gamma, gamma_min_exclusive=False, **tensors):
     """The argument checks shared by the three losses (the C++ op repeats the ones it needs)."""
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
@@ -32,8 +31,10 @@ def _check_args(fn_name, inputs, targets, reduction, label_smoothing, gamma, gam
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     for name, t in dict(targets=targets, **tensors).items():
         if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
-            raise ValueError(f"{name} requires grad, but {fn_name} only differentiates inputs; "
-                             f"pass {name}.detach() (or use focal_loss_ext.reference for that gradient)")
+            raise ValueError(
+                f"{name} requires grad, but {fn_name} only differentiates inputs; "
+                f"pass {name}.detach() (or use focal_loss_ext.reference for that gradient)"
+            )
 
 
 def _alpha_args(alpha, inputs):
@@ -41,8 +42,10 @@ def _alpha_args(alpha, inputs):
     if isinstance(alpha, torch.Tensor):
         if alpha.dim() != 1:
             classes = inputs.shape[-1] if inputs.dim() else "?"
-            raise ValueError(f"alpha must be a float or a 1-D tensor of K = {classes} per-class values, "
-                             f"got a tensor of shape {tuple(alpha.shape)}")
+            raise ValueError(
+                f"alpha must be a float or a 1-D tensor of K = {classes} per-class values, "
+                f"got a tensor of shape {tuple(alpha.shape)}"
+            )
         return alpha, -1.0
     if not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a float or a 1-D tensor, got {type(alpha).__name__}")
@@ -110,13 +113,33 @@ def sigmoid_focal_loss(
         The loss: a 0-dim tensor for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``'
         dtype. Gradients flow to ``inputs`` only.
     """
-    _check_args("sigmoid_focal_loss", inputs, targets, reduction, label_smoothing, gamma, weight=weight,
-                alpha=alpha, normalizer=normalizer)
+    _check_args(
+        "sigmoid_focal_loss",
+        inputs,
+        targets,
+        reduction,
+        label_smoothing,
+        gamma,
+        weight=weight,
+        alpha=alpha,
+        normalizer=normalizer,
+    )
     alpha_per_class, alpha = _alpha_args(alpha, inputs)
     scale, normalizer_tensor = _normalizer_args(normalizer)
     loss, _, _ = _ops._OPS.sigmoid_focal_loss(
-        inputs, targets, alpha_per_class, weight, normalizer_tensor, alpha, float(gamma), scale,
-        float(label_smoothing), int(ignore_index), _REDUCTIONS[reduction], _compute_grad(inputs))
+        inputs,
+        targets,
+        alpha_per_class,
+        weight,
+        normalizer_tensor,
+        alpha,
+        float(gamma),
+        scale,
+        float(label_smoothing),
+        int(ignore_index),
+        _REDUCTIONS[reduction],
+        _compute_grad(inputs),
+    )
     return loss
 
 
@@ -159,15 +182,37 @@ def sigmoid_focal_loss_star(
     Returns:
         The loss, 0-dim for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``' dtype.
     """
-    _check_args("sigmoid_focal_loss_star", inputs, targets, reduction, label_smoothing, gamma,
-                gamma_min_exclusive=True, weight=weight, alpha=alpha, normalizer=normalizer)
+    _check_args(
+        "sigmoid_focal_loss_star",
+        inputs,
+        targets,
+        reduction,
+        label_smoothing,
+        gamma,
+        gamma_min_exclusive=True,
+        weight=weight,
+        alpha=alpha,
+        normalizer=normalizer,
+    )
     if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
     alpha_per_class, alpha = _alpha_args(alpha, inputs)
     scale, normalizer_tensor = _normalizer_args(normalizer)
     loss, _, _ = _ops._OPS.sigmoid_focal_loss_star(
-        inputs, targets, alpha_per_class, weight, normalizer_tensor, alpha, float(gamma), float(beta), scale,
-        float(label_smoothing), int(ignore_index), _REDUCTIONS[reduction], _compute_grad(inputs))
+        inputs,
+        targets,
+        alpha_per_class,
+        weight,
+        normalizer_tensor,
+        alpha,
+        float(gamma),
+        float(beta),
+        scale,
+        float(label_smoothing),
+        int(ignore_index),
+        _REDUCTIONS[reduction],
+        _compute_grad(inputs),
+    )
     return loss
 
 
@@ -215,13 +260,34 @@ def softmax_focal_loss(
         The loss: 0-dim for ``"sum"``/``"mean"``, else shape ``inputs.shape[:-1]``; ``inputs``'
         dtype. Gradients flow to ``inputs`` only.
     """
-    _check_args("softmax_focal_loss", inputs, targets, reduction, label_smoothing, gamma, weight=weight,
-                alpha=alpha, normalizer=normalizer)
+    _check_args(
+        "softmax_focal_loss",
+        inputs,
+        targets,
+        reduction,
+        label_smoothing,
+        gamma,
+        weight=weight,
+        alpha=alpha,
+        normalizer=normalizer,
+    )
     if alpha is not None and not (isinstance(alpha, torch.Tensor) and alpha.dim() == 1):
-        raise ValueError(f"alpha must be None or a 1-D tensor of C = {inputs.shape[-1] if inputs.dim() else '?'} "
-                         f"per-class weights, got {alpha!r:.60}")
+        raise ValueError(
+            f"alpha must be None or a 1-D tensor of C = {inputs.shape[-1] if inputs.dim() else '?'} "
+            f"per-class weights, got {alpha!r:.60}"
+        )
     scale, normalizer_tensor = _normalizer_args(normalizer)
     loss, _, _ = _ops._OPS.softmax_focal_loss(
-        inputs, targets, alpha, weight, normalizer_tensor, float(gamma), scale, float(label_smoothing),
-        int(ignore_index), _REDUCTIONS[reduction], _compute_grad(inputs))
+        inputs,
+        targets,
+        alpha,
+        weight,
+        normalizer_tensor,
+        float(gamma),
+        scale,
+        float(label_smoothing),
+        int(ignore_index),
+        _REDUCTIONS[reduction],
+        _compute_grad(inputs),
+    )
     return loss

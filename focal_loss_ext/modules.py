@@ -15,8 +15,14 @@ class SigmoidFocalLoss(nn.Module):
     :func:`focal_loss_ext.sigmoid_focal_loss` (a per-class ``alpha`` tensor is kept as a buffer,
     so it follows the module across devices)."""
 
-    def __init__(self, alpha: float | torch.Tensor = 0.25, gamma: float = 2.0, reduction: str = "none",
-                 label_smoothing: float = 0.0, ignore_index: int = -1):
+    def __init__(
+        self,
+        alpha: float | torch.Tensor = 0.25,
+        gamma: float = 2.0,
+        reduction: str = "none",
+        label_smoothing: float = 0.0,
+        ignore_index: int = -1,
+    ):
         super().__init__()
         if isinstance(alpha, torch.Tensor):
             self.register_buffer("alpha", alpha.detach().clone())
@@ -27,11 +33,25 @@ class SigmoidFocalLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, *, weight: torch.Tensor | None = None,
-                normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
-        return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, self.reduction, weight=weight,
-                                  normalizer=normalizer, label_smoothing=self.label_smoothing,
-                                  ignore_index=self.ignore_index)
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        weight: torch.Tensor | None = None,
+        normalizer: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return sigmoid_focal_loss(
+            inputs,
+            targets,
+            self.alpha,
+            self.gamma,
+            self.reduction,
+            weight=weight,
+            normalizer=normalizer,
+            label_smoothing=self.label_smoothing,
+            ignore_index=self.ignore_index,
+        )
 
     def extra_repr(self) -> str:
         alpha = "per-class" if isinstance(self.alpha, torch.Tensor) else self.alpha

@@ -12,8 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sigmoid_focal_loss_reference", "sigmoid_focal_loss_star_reference", "softmax_focal_loss_reference",
-           "one_hot_targets"]
+__all__ = [
+    "sigmoid_focal_loss_reference",
+    "sigmoid_focal_loss_star_reference",
+    "softmax_focal_loss_reference",
+    "one_hot_targets",
+]
 
 
 def one_hot_targets(labels: torch.Tensor, num_classes: int, ignore_index: int = -1, dtype=torch.float32):

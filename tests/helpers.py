@@ -1,12 +1,25 @@
 """Input makers and comparisons shared by the operator tests."""
 
+import pytest
 import torch
 import torchvision
 
 from focal_loss_ext import sigmoid_focal_loss_reference
 from focal_loss_ext.reference import one_hot_targets
 
-from conftest import TOLERANCE
+HAS_CUDA = torch.cuda.is_available()
+
+# Every correctness test runs on each device present; CUDA ones skip cleanly without a GPU.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# Absolute / relative tolerance against a float64 reference, for outputs computed in float32 or
+# float64 arithmetic. Half precision is judged against PyTorch eager in the same dtype instead
+# (assert_close_to_reference below).
+TOLERANCE = {
+    torch.float64: dict(atol=1e-12, rtol=1e-10),
+    torch.float32: dict(atol=1e-6, rtol=2e-5),
+}
 
 
 def make_logits(shape, dtype, device, scale=4.0, requires_grad=False):
@@ -34,8 +47,9 @@ def reference(x, targets, **kw):
     t = targets.cpu()
     if t.is_floating_point():
         t = t.double()
-    extra = {k: (v.cpu().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-             for k, v in kw.items()}
+    extra = {
+        k: (v.cpu().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kw.items()
+    }
     return sigmoid_focal_loss_reference(x.detach().cpu().double(), t, **extra)
 
 
@@ -88,8 +102,7 @@ def float64_cpu(x, targets, kw):
     t = targets.cpu()
     if t.is_floating_point():
         t = t.double()
-    kw = {k: (v.cpu().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-          for k, v in kw.items()}
+    kw = {k: (v.cpu().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kw.items()}
     return x.detach().cpu().double(), t, kw
 
 

@@ -5,12 +5,18 @@ import math
 
 import pytest
 import torch
+from helpers import (
+    DEVICES,
+    DTYPES,
+    TOLERANCE,
+    assert_close_to_reference,
+    make_labels,
+    make_logits,
+    make_soft_targets,
+    torchvision_same_dtype,
+)
 
 from focal_loss_ext import sigmoid_focal_loss, sigmoid_focal_loss_reference
-
-from conftest import DEVICES, DTYPES, TOLERANCE
-from helpers import (assert_close_to_reference, make_labels, make_logits, make_soft_targets,
-                     torchvision_same_dtype)
 
 
 def reference_grad(x, targets, grad_output=None, **kw):
@@ -30,9 +36,14 @@ def reference_grad(x, targets, grad_output=None, **kw):
 def test_gradcheck(device, target_form, reduction, gamma):
     x = make_logits((5, 4), torch.float64, device, scale=2.0, requires_grad=True)
     t = make_soft_targets((5, 4), torch.float64, device) if target_form == "float" else make_labels((5,), 4, device)
-    kw = dict(alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device), gamma=gamma,
-              reduction=reduction, weight=torch.rand(5, dtype=torch.float64, device=device), normalizer=1.5,
-              label_smoothing=0.1)
+    kw = dict(
+        alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device),
+        gamma=gamma,
+        reduction=reduction,
+        weight=torch.rand(5, dtype=torch.float64, device=device),
+        normalizer=1.5,
+        label_smoothing=0.1,
+    )
     assert torch.autograd.gradcheck(lambda x: sigmoid_focal_loss(x, t, **kw), (x,))
 
 
@@ -107,14 +118,17 @@ def test_grad_through_a_model_and_two_losses(device):
     inp = torch.randn(30, 8, dtype=torch.float64, device=device)
     labels = make_labels((30,), 6, device)
     logits = layer(inp)
-    loss = sigmoid_focal_loss(logits, labels, reduction="sum") + 0.5 * sigmoid_focal_loss(logits, labels, gamma=0.0,
-                                                                                          reduction="mean")
+    loss = sigmoid_focal_loss(logits, labels, reduction="sum") + 0.5 * sigmoid_focal_loss(
+        logits, labels, gamma=0.0, reduction="mean"
+    )
     loss.backward()
     ref_layer = torch.nn.Linear(8, 6).double()
     ref_layer.load_state_dict({k: v.cpu() for k, v in layer.state_dict().items()})
     ref_logits = ref_layer(inp.cpu())
-    (sigmoid_focal_loss_reference(ref_logits, labels.cpu(), reduction="sum")
-     + 0.5 * sigmoid_focal_loss_reference(ref_logits, labels.cpu(), gamma=0.0, reduction="mean")).backward()
+    (
+        sigmoid_focal_loss_reference(ref_logits, labels.cpu(), reduction="sum")
+        + 0.5 * sigmoid_focal_loss_reference(ref_logits, labels.cpu(), gamma=0.0, reduction="mean")
+    ).backward()
     torch.testing.assert_close(layer.weight.grad.cpu(), ref_layer.weight.grad)
 
 
@@ -133,7 +147,7 @@ def test_float16_gradient_does_not_underflow():
     large grad_output (a loss scale) the result must match float32's, not flush to zero."""
     x32 = torch.randn(4096, 80) * 3
     t = (torch.rand(4096, 80) < 0.01).float()
-    g = 2.0 ** 15  # a GradScaler-style loss scale (2**16 itself is inf in float16)
+    g = 2.0**15  # a GradScaler-style loss scale (2**16 itself is inf in float16)
     x16 = x32.half().requires_grad_()
     sigmoid_focal_loss(x16, t.half(), reduction="mean", normalizer=10.0).backward(torch.tensor(g).half())
     x32 = x16.detach().float().requires_grad_()

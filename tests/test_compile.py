@@ -2,13 +2,11 @@
 
 import pytest
 import torch
+from helpers import DEVICES, make_labels, make_logits, make_soft_targets
 from torch import nn
 
 import focal_loss_ext
 from focal_loss_ext import sigmoid_focal_loss
-
-from conftest import DEVICES
-from helpers import make_labels, make_logits, make_soft_targets
 
 OP = torch.ops.focal_loss_ext.sigmoid_focal_loss
 
@@ -24,8 +22,20 @@ def op_samples(device):
     yield (x, labels, alpha, weight, norm, 0.25, 0.5, 1.0, 0.1, -1, 1, True)
     yield (x, soft, None, None, norm, -1.0, 1.0, 0.5, 0.0, -1, 0, True)
     yield (x.detach(), soft, None, None, None, 0.25, 2.0, 1.0, 0.0, -1, 2, False)
-    yield (make_logits((4, 3, 5), torch.float64, device, requires_grad=True), make_labels((4, 3), 5, device),
-           None, None, None, 0.25, 3.0, 1.0, 0.0, -1, 0, True)
+    yield (
+        make_logits((4, 3, 5), torch.float64, device, requires_grad=True),
+        make_labels((4, 3), 5, device),
+        None,
+        None,
+        None,
+        0.25,
+        3.0,
+        1.0,
+        0.0,
+        -1,
+        0,
+        True,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -43,10 +53,15 @@ def test_opcheck(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_scale_grad(device):
-    for grad_output in (torch.tensor(1.0, device=device), torch.tensor(0.5, device=device),
-                        torch.randn(6, 4, device=device)):
-        torch.library.opcheck(torch.ops.focal_loss_ext.scale_grad_,
-                              (torch.randn(6, 4, device=device), grad_output, torch.tensor(2.0, device=device)))
+    for grad_output in (
+        torch.tensor(1.0, device=device),
+        torch.tensor(0.5, device=device),
+        torch.randn(6, 4, device=device),
+    ):
+        torch.library.opcheck(
+            torch.ops.focal_loss_ext.scale_grad_,
+            (torch.randn(6, 4, device=device), grad_output, torch.tensor(2.0, device=device)),
+        )
 
 
 class TinyHead(nn.Module):

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import DEVICES, HAS_CUDA
 
 from focal_loss_ext import sigmoid_focal_loss
-
-from conftest import DEVICES, HAS_CUDA
 
 X = torch.zeros(4, 3)
 LABELS = torch.zeros(4, dtype=torch.long)
@@ -21,7 +20,11 @@ LABELS = torch.zeros(4, dtype=torch.long)
         (dict(targets=torch.tensor([0, 1, 3, 7])), RuntimeError, r"targets: label 7 is out of range"),
         (dict(targets=torch.tensor([0, -2, 1, 1])), RuntimeError, r"targets: label -2 is out of range"),
         (dict(inputs=torch.zeros(4, 3, dtype=torch.long)), RuntimeError, r"inputs must be a floating tensor"),
-        (dict(inputs=torch.tensor(1.0), targets=torch.tensor(1.0)), RuntimeError, r"inputs must have shape \(\.\.\., K\)"),
+        (
+            dict(inputs=torch.tensor(1.0), targets=torch.tensor(1.0)),
+            RuntimeError,
+            r"inputs must have shape \(\.\.\., K\)",
+        ),
         (dict(inputs=[[0.0]]), TypeError, r"inputs must be a torch.Tensor"),
         (dict(targets=[0, 1, 2, 0]), TypeError, r"targets must be a torch.Tensor"),
         (dict(alpha=torch.ones(4)), RuntimeError, r"alpha must have 3 elements \(one per class"),

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 
 from focal_loss_ext import sigmoid_focal_loss
-
-from conftest import DEVICES
 
 
 def analytic(x, t, alpha, gamma):
@@ -19,10 +18,10 @@ def analytic(x, t, alpha, gamma):
     ce = t * softplus(-x) + (1 - t) * softplus(x)
     q = t * s_neg + (1 - t) * s_pos
     a_t = alpha * t + (1 - alpha) * (1 - t)
-    loss = a_t * ce * q ** gamma
+    loss = a_t * ce * q**gamma
     dq = (1 - 2 * t) * s_pos * s_neg
     dqg = gamma * q ** (gamma - 1) * dq if q > 0 and gamma > 0 else 0.0
-    grad = a_t * (((1 - t) * s_pos - t * s_neg) * q ** gamma + ce * dqg)  # s_pos - t without cancellation
+    grad = a_t * (((1 - t) * s_pos - t * s_neg) * q**gamma + ce * dqg)  # s_pos - t without cancellation
     return loss, grad
 
 

@@ -4,14 +4,20 @@ gradients, autograd, torch.compile, bad inputs, and hypothesis properties."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    DEVICES,
+    DTYPES,
+    HAS_CUDA,
+    assert_close_to_reference,
+    make_labels,
+    make_logits,
+    make_soft_targets,
+    reference_loss_and_grad,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focal_loss_ext import sigmoid_focal_loss_star, sigmoid_focal_loss_star_reference
-
-from conftest import DEVICES, DTYPES, HAS_CUDA
-from helpers import (assert_close_to_reference, make_labels, make_logits, make_soft_targets,
-                     reference_loss_and_grad)
 
 OP = torch.ops.focal_loss_ext.sigmoid_focal_loss_star
 
@@ -38,8 +44,14 @@ def test_loss_and_grad_match_reference(device, dtype, form, reduction, gamma, be
     shape = (37, 80)
     x = make_logits(shape, dtype, device, requires_grad=True)
     t = make_soft_targets(shape, dtype, device) if form == "float" else make_labels(shape[:-1], 80, device)
-    kw = dict(gamma=gamma, beta=beta, alpha=0.25, reduction=reduction, weight=torch.rand(37, device=device),
-              label_smoothing=0.05)
+    kw = dict(
+        gamma=gamma,
+        beta=beta,
+        alpha=0.25,
+        reduction=reduction,
+        weight=torch.rand(37, device=device),
+        label_smoothing=0.05,
+    )
     loss = sigmoid_focal_loss_star(x, t, **kw)
     g = torch.randn(loss.shape, dtype=dtype, device=device)
     loss.backward(g)
@@ -58,8 +70,9 @@ def test_matches_fvcore_for_hard_targets_and_zero_beta(device, alpha, reduction)
     x = make_logits((50, 20), torch.float64, device)
     t = (torch.rand(50, 20, device=device) < 0.2).double()
     for gamma in (1.0, 4.0):
-        torch.testing.assert_close(sigmoid_focal_loss_star(x, t, gamma, 0.0, alpha, reduction),
-                                   fvcore_star(x, t, alpha, gamma, reduction))
+        torch.testing.assert_close(
+            sigmoid_focal_loss_star(x, t, gamma, 0.0, alpha, reduction), fvcore_star(x, t, alpha, gamma, reduction)
+        )
 
 
 def test_soft_targets_differ_from_fvcore_as_documented():
@@ -77,9 +90,15 @@ def test_soft_targets_differ_from_fvcore_as_documented():
 def test_gradcheck(device, form, reduction):
     x = make_logits((5, 4), torch.float64, device, scale=2.0, requires_grad=True)
     t = make_soft_targets((5, 4), torch.float64, device) if form == "float" else make_labels((5,), 4, device)
-    kw = dict(gamma=3.0, beta=0.7, alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device),
-              reduction=reduction, weight=torch.rand(5, dtype=torch.float64, device=device), normalizer=1.5,
-              label_smoothing=0.1)
+    kw = dict(
+        gamma=3.0,
+        beta=0.7,
+        alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device),
+        reduction=reduction,
+        weight=torch.rand(5, dtype=torch.float64, device=device),
+        normalizer=1.5,
+        label_smoothing=0.1,
+    )
     assert torch.autograd.gradcheck(lambda x: sigmoid_focal_loss_star(x, t, **kw), (x,))
 
 
@@ -97,10 +116,25 @@ def test_opcheck_and_compile(device):
     x = make_logits((9, 7), torch.float32, device, requires_grad=True)
     labels = make_labels((9,), 7, device)
     soft = make_soft_targets((9, 7), torch.float32, device)
-    for args in [(x, labels, None, None, None, 0.25, 4.0, 0.0, 1.0, 0.0, -1, 2, True),
-                 (x, soft, torch.rand(7, device=device), torch.rand(9, device=device), torch.tensor(3.0, device=device),
-                  -1.0, 2.0, 1.0, 1.0, 0.1, -1, 0, True),
-                 (x.detach(), soft, None, None, None, 0.25, 4.0, -1.0, 1.0, 0.0, -1, 1, False)]:
+    for args in [
+        (x, labels, None, None, None, 0.25, 4.0, 0.0, 1.0, 0.0, -1, 2, True),
+        (
+            x,
+            soft,
+            torch.rand(7, device=device),
+            torch.rand(9, device=device),
+            torch.tensor(3.0, device=device),
+            -1.0,
+            2.0,
+            1.0,
+            1.0,
+            0.1,
+            -1,
+            0,
+            True,
+        ),
+        (x.detach(), soft, None, None, None, 0.25, 4.0, -1.0, 1.0, 0.0, -1, 1, False),
+    ]:
         utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
         if not args[-1]:  # see tests/test_compile.py: the in-place hand-over of grad_input
             utils.append("test_aot_dispatch_dynamic")
@@ -133,8 +167,12 @@ LABELS = torch.zeros(4, dtype=torch.long)
         (dict(alpha=torch.ones(4)), RuntimeError, r"alpha must have 3 elements \(one per class"),
         (dict(reduction="avg"), ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'avg'"),
         (dict(label_smoothing=1.0), ValueError, r"label_smoothing must be in \[0, 1\)"),
-        (dict(weight=torch.ones(2, requires_grad=True)), ValueError, r"weight requires grad, but "
-                                                                      r"sigmoid_focal_loss_star only differentiates"),
+        (
+            dict(weight=torch.ones(2, requires_grad=True)),
+            ValueError,
+            r"weight requires grad, but "
+            r"sigmoid_focal_loss_star only differentiates",
+        ),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -183,8 +221,11 @@ def test_property_labels_equal_one_hot(shape, gamma, beta, seed, reduction):
     x = seeded_logits(shape, seed, 5.0)
     labels = torch.randint(0, k + 1, (rows,), generator=torch.Generator().manual_seed(seed + 1))
     onehot = F.one_hot(labels, k + 1)[:, :k].double()
-    torch.testing.assert_close(sigmoid_focal_loss_star(x, labels, gamma, beta, reduction=reduction),
-                               sigmoid_focal_loss_star(x, onehot, gamma, beta, reduction=reduction), equal_nan=True)
+    torch.testing.assert_close(
+        sigmoid_focal_loss_star(x, labels, gamma, beta, reduction=reduction),
+        sigmoid_focal_loss_star(x, onehot, gamma, beta, reduction=reduction),
+        equal_nan=True,
+    )
 
 
 if HAS_CUDA:

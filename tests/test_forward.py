@@ -3,12 +3,18 @@
 import pytest
 import torch
 import torchvision
+from helpers import (
+    DEVICES,
+    DTYPES,
+    assert_close_to_reference,
+    make_labels,
+    make_logits,
+    make_soft_targets,
+    reference,
+    torchvision_same_dtype,
+)
 
 from focal_loss_ext import SigmoidFocalLoss, sigmoid_focal_loss
-
-from conftest import DEVICES, DTYPES
-from helpers import (assert_close_to_reference, make_labels, make_logits, make_soft_targets, reference,
-                     torchvision_same_dtype)
 
 SHAPES = [(0, 80), (1, 1), (7, 1), (33, 80), (5, 6, 19), (2, 3, 4, 8), (129, 3)]
 
@@ -56,11 +62,20 @@ def test_every_gamma_and_alpha(device, gamma, alpha):
 def test_all_options_together(device, dtype, target_form, reduction):
     rows, k = (6, 7), 11
     x = make_logits(rows + (k,), dtype, device)
-    targets = (make_soft_targets(rows + (k,), dtype, device) if target_form == "float"
-               else make_labels(rows, k, device, ignore_index=-100))
-    kw = dict(alpha=torch.rand(k, dtype=dtype, device=device), gamma=1.7, reduction=reduction,
-              weight=torch.rand(rows, dtype=dtype, device=device), normalizer=torch.tensor(3.5, device=device),
-              label_smoothing=0.1, ignore_index=-100)
+    targets = (
+        make_soft_targets(rows + (k,), dtype, device)
+        if target_form == "float"
+        else make_labels(rows, k, device, ignore_index=-100)
+    )
+    kw = dict(
+        alpha=torch.rand(k, dtype=dtype, device=device),
+        gamma=1.7,
+        reduction=reduction,
+        weight=torch.rand(rows, dtype=dtype, device=device),
+        normalizer=torch.tensor(3.5, device=device),
+        label_smoothing=0.1,
+        ignore_index=-100,
+    )
     assert_close_to_reference(sigmoid_focal_loss(x, targets, **kw), reference(x, targets, **kw), dtype)
     kw["normalizer"] = 3.5  # a float normalizer is the same divisor, folded on the host
     assert_close_to_reference(sigmoid_focal_loss(x, targets, **kw), reference(x, targets, **kw), dtype)
@@ -74,11 +89,14 @@ def test_non_contiguous_inputs(device, dtype):
     t = make_soft_targets((16, 20), dtype, device).t()  # transposed
     assert not x.is_contiguous() and not t.is_contiguous()
     out = sigmoid_focal_loss(x, t, reduction="none")
-    torch.testing.assert_close(out, sigmoid_focal_loss(x.contiguous(), t.contiguous(), reduction="none"),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        out, sigmoid_focal_loss(x.contiguous(), t.contiguous(), reduction="none"), atol=0, rtol=0
+    )
     labels = make_labels((40,), 16, device)[::2]
-    torch.testing.assert_close(sigmoid_focal_loss(x, labels, reduction="sum"),
-                               sigmoid_focal_loss(x.contiguous(), labels.contiguous(), reduction="sum"))
+    torch.testing.assert_close(
+        sigmoid_focal_loss(x, labels, reduction="sum"),
+        sigmoid_focal_loss(x.contiguous(), labels.contiguous(), reduction="sum"),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -96,8 +114,12 @@ def test_empty_reductions(device):
     assert sigmoid_focal_loss(x, torch.empty(0, 5, device=device), reduction="sum").item() == 0
     assert torch.isnan(sigmoid_focal_loss(x, torch.empty(0, 5, device=device), reduction="mean"))
     assert sigmoid_focal_loss(x, torch.empty(0, dtype=torch.long, device=device)).shape == (0, 5)
-    assert sigmoid_focal_loss(torch.empty(3, 0, device=device), torch.zeros(3, dtype=torch.long, device=device),
-                              reduction="sum").item() == 0
+    assert (
+        sigmoid_focal_loss(
+            torch.empty(3, 0, device=device), torch.zeros(3, dtype=torch.long, device=device), reduction="sum"
+        ).item()
+        == 0
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -118,8 +140,9 @@ def test_module_wrapper(device):
     alpha = torch.tensor([0.1, 0.2, 0.3, 0.4])
     module = SigmoidFocalLoss(alpha=alpha, gamma=1.0, reduction="sum").to(device)
     assert module.alpha.device.type == torch.device(device).type
-    torch.testing.assert_close(module(x, labels, normalizer=2.0),
-                               sigmoid_focal_loss(x, labels, alpha.to(device), 1.0, "sum", normalizer=2.0))
+    torch.testing.assert_close(
+        module(x, labels, normalizer=2.0), sigmoid_focal_loss(x, labels, alpha.to(device), 1.0, "sum", normalizer=2.0)
+    )
     assert "per-class" in repr(module)
 
 
@@ -160,8 +183,10 @@ def test_portable_cpu_kernel_matches_avx2(tmp_path):
         "import torch, focal_loss_ext as f; torch.manual_seed(1); x = torch.randn(300, 37) * 5;"
         "t = torch.randint(0, 38, (300,)); xs = x.clone().requires_grad_();"
         "l = f.sigmoid_focal_loss(xs, t, 0.25, 1.3, 'sum'); l.backward();"
-        f"torch.save((l.detach(), xs.grad), r'{tmp_path}/' + __import__('os').environ['OUT'])")
+        f"torch.save((l.detach(), xs.grad), r'{tmp_path}/' + __import__('os').environ['OUT'])"
+    )
     import os
+
     for capability, name in (("default", "a.pt"), (None, "b.pt")):
         env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
         env["OUT"] = name

@@ -2,13 +2,12 @@
 
 import torch
 import torch.nn.functional as F
+from helpers import HAS_CUDA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focal_loss_ext import sigmoid_focal_loss
 from focal_loss_ext.reference import one_hot_targets
-
-from conftest import HAS_CUDA
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -39,13 +38,15 @@ def test_loss_nonnegative_and_finite(shape, gamma, alpha, scale, seed):
 def test_gamma_zero_without_alpha_is_bce(shape, scale, seed, reduction):
     x = logits(shape, seed, scale)
     t = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    torch.testing.assert_close(sigmoid_focal_loss(x, t, -1.0, 0.0, reduction),
-                               F.binary_cross_entropy_with_logits(x, t, reduction=reduction), equal_nan=True)
+    torch.testing.assert_close(
+        sigmoid_focal_loss(x, t, -1.0, 0.0, reduction),
+        F.binary_cross_entropy_with_logits(x, t, reduction=reduction),
+        equal_nan=True,
+    )
 
 
 @SETTINGS
-@given(shapes, gammas, alphas, st.integers(0, 2**31), st.sampled_from(["none", "sum", "mean"]),
-       st.floats(0.0, 0.5))
+@given(shapes, gammas, alphas, st.integers(0, 2**31), st.sampled_from(["none", "sum", "mean"]), st.floats(0.0, 0.5))
 def test_labels_equal_one_hot(shape, gamma, alpha, seed, reduction, smoothing):
     rows, k = shape
     x = logits(shape, seed, 5.0).requires_grad_()
@@ -55,8 +56,9 @@ def test_labels_equal_one_hot(shape, gamma, alpha, seed, reduction, smoothing):
     kw = dict(alpha=alpha, gamma=gamma, label_smoothing=smoothing)
     ours = sigmoid_focal_loss(x, labels, reduction=reduction, **kw)
     dense = sigmoid_focal_loss(x[keep], onehot[keep], reduction=reduction, **kw)
-    torch.testing.assert_close(ours, dense if reduction != "none" else ours.new_zeros(ours.shape).index_put_(
-        (keep,), dense), equal_nan=True)
+    torch.testing.assert_close(
+        ours, dense if reduction != "none" else ours.new_zeros(ours.shape).index_put_((keep,), dense), equal_nan=True
+    )
     if rows and reduction == "sum":
         (gx,) = torch.autograd.grad(ours, x)
         (gd,) = torch.autograd.grad(dense, x)

@@ -4,14 +4,19 @@ torch.compile, bad inputs, and hypothesis properties."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    DEVICES,
+    DTYPES,
+    HAS_CUDA,
+    assert_close_to_reference,
+    make_logits,
+    make_probabilities,
+    reference_loss_and_grad,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focal_loss_ext import softmax_focal_loss, softmax_focal_loss_reference
-
-from conftest import DEVICES, DTYPES, HAS_CUDA
-from helpers import (assert_close_to_reference, make_logits, make_probabilities,
-                     reference_loss_and_grad)
 
 OP = torch.ops.focal_loss_ext.softmax_focal_loss
 GAMMAS = [0.0, 0.5, 1.0, 2.0, 3.0]
@@ -44,8 +49,13 @@ def test_loss_and_grad_match_reference(device, dtype, form, reduction, gamma):
     shape = (37, 80)
     x = make_logits(shape, dtype, device, requires_grad=True)
     t = make_targets(form, shape, dtype, device)
-    kw = dict(alpha=torch.rand(80, device=device) + 0.1, gamma=gamma, reduction=reduction,
-              weight=torch.rand(37, device=device), label_smoothing=0.1 if form == "smoothed labels" else 0.0)
+    kw = dict(
+        alpha=torch.rand(80, device=device) + 0.1,
+        gamma=gamma,
+        reduction=reduction,
+        weight=torch.rand(37, device=device),
+        label_smoothing=0.1 if form == "smoothed labels" else 0.0,
+    )
     loss = softmax_focal_loss(x, t, **kw)
     g = torch.randn(loss.shape, dtype=dtype, device=device)
     loss.backward(g)
@@ -66,8 +76,9 @@ def test_rows_of_any_length(device, classes, form):
     t = make_targets(form, (6, classes), torch.float64, device)
     loss = softmax_focal_loss(x, t, gamma=2.0, reduction="sum")
     loss.backward()
-    expected_loss, expected_grad = reference_loss_and_grad(softmax_focal_loss_reference, x, t, gamma=2.0,
-                                                           reduction="sum")
+    expected_loss, expected_grad = reference_loss_and_grad(
+        softmax_focal_loss_reference, x, t, gamma=2.0, reduction="sum"
+    )
     assert_close_to_reference(loss, expected_loss, torch.float64)
     assert_close_to_reference(x.grad, expected_grad, torch.float64)
 
@@ -79,9 +90,14 @@ def test_rows_of_any_length(device, classes, form):
 def test_gradcheck(device, form, reduction, gamma):
     x = make_logits((5, 4), torch.float64, device, scale=2.0, requires_grad=True)
     t = make_targets(form, (5, 4), torch.float64, device)
-    kw = dict(alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device), gamma=gamma,
-              reduction=reduction, weight=torch.rand(5, dtype=torch.float64, device=device), normalizer=1.5,
-              label_smoothing=0.1 if form == "smoothed labels" else 0.0)
+    kw = dict(
+        alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device),
+        gamma=gamma,
+        reduction=reduction,
+        weight=torch.rand(5, dtype=torch.float64, device=device),
+        normalizer=1.5,
+        label_smoothing=0.1 if form == "smoothed labels" else 0.0,
+    )
     assert torch.autograd.gradcheck(lambda x: softmax_focal_loss(x, t, **kw), (x,))
 
 
@@ -118,10 +134,12 @@ def test_opcheck(device):
     labels = make_class_labels((9,), 7, device)
     probs = make_probabilities((9, 7), torch.float32, device)
     alpha, weight, norm = torch.rand(7, device=device), torch.rand(9, device=device), torch.tensor(3.0, device=device)
-    samples = [(x, labels, None, None, None, 2.0, 1.0, 0.0, -100, 1, True),
-               (x, labels, alpha, weight, norm, 0.5, 1.0, 0.1, -100, 0, True),
-               (x, probs, alpha, None, None, 1.0, 0.5, 0.0, -100, 2, True),
-               (x.detach(), probs, None, None, None, 2.0, 1.0, 0.0, -100, 0, False)]
+    samples = [
+        (x, labels, None, None, None, 2.0, 1.0, 0.0, -100, 1, True),
+        (x, labels, alpha, weight, norm, 0.5, 1.0, 0.1, -100, 0, True),
+        (x, probs, alpha, None, None, 1.0, 0.5, 0.0, -100, 2, True),
+        (x.detach(), probs, None, None, None, 2.0, 1.0, 0.0, -100, 0, False),
+    ]
     for args in samples:
         utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
         if not args[-1]:  # see tests/test_compile.py: the in-place hand-over of grad_input
@@ -157,13 +175,20 @@ LABELS = torch.zeros(4, dtype=torch.long)
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(targets=torch.tensor([0, 1, 3, 2])), RuntimeError, r"targets: label 3 is out of range; expected a class "
-                                                                 r"in \[0, 3\) or ignore_index \(-100\)"),
+        (
+            dict(targets=torch.tensor([0, 1, 3, 2])),
+            RuntimeError,
+            r"targets: label 3 is out of range; expected a class "
+            r"in \[0, 3\) or ignore_index \(-100\)",
+        ),
         (dict(targets=torch.tensor([0, -1, 2, 2])), RuntimeError, r"targets: label -1 is out of range"),
         (dict(targets=torch.zeros(4, 2)), RuntimeError, r"floating targets must have the same shape as inputs"),
         (dict(targets=torch.zeros(3, dtype=torch.long)), RuntimeError, r"integer targets must have shape"),
-        (dict(inputs=torch.zeros(4, 0), targets=torch.zeros(4, dtype=torch.long)), RuntimeError,
-         r"inputs must have at least one class"),
+        (
+            dict(inputs=torch.zeros(4, 0), targets=torch.zeros(4, dtype=torch.long)),
+            RuntimeError,
+            r"inputs must have at least one class",
+        ),
         (dict(inputs=torch.zeros(4, 3, dtype=torch.long)), RuntimeError, r"inputs must be a floating tensor"),
         (dict(alpha=torch.ones(4)), RuntimeError, r"alpha must have 3 elements \(one per class"),
         (dict(alpha=0.25), ValueError, r"alpha must be None or a 1-D tensor of C = 3 per-class weights"),
@@ -173,8 +198,11 @@ LABELS = torch.zeros(4, dtype=torch.long)
         (dict(reduction="avg"), ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'avg'"),
         (dict(weight=torch.ones(3)), RuntimeError, r"weight must have 4 elements \(one per row"),
         (dict(inputs=[[0.0]]), TypeError, r"inputs must be a torch.Tensor"),
-        (dict(targets=torch.zeros(4, 3, requires_grad=True)), ValueError,
-         r"targets requires grad, but softmax_focal_loss only differentiates inputs"),
+        (
+            dict(targets=torch.zeros(4, 3, requires_grad=True)),
+            ValueError,
+            r"targets requires grad, but softmax_focal_loss only differentiates inputs",
+        ),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -211,8 +239,9 @@ def test_property_loss_nonnegative_finite_and_close_to_float64(shape, gamma, sca
     assert (loss >= 0).all() and torch.isfinite(loss).all()
     loss.sum().backward()
     assert torch.isfinite(x.grad).all()
-    expected_loss, expected_grad = reference_loss_and_grad(softmax_focal_loss_reference, x, labels, gamma=gamma,
-                                                           reduction="none")
+    expected_loss, expected_grad = reference_loss_and_grad(
+        softmax_focal_loss_reference, x, labels, gamma=gamma, reduction="none"
+    )
     torch.testing.assert_close(loss.double(), expected_loss, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(x.grad.double(), expected_grad, atol=1e-5, rtol=1e-4)
 
