@@ -62,7 +62,10 @@ sources = [
     "csrc/cpu/rows_avx2.cpp",
 ]
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
-cxx_flags = opt + ["-fdiagnostics-color=always"]  # the C++ standard is the one torch asks for
+# -fopenmp: at::parallel_for's OpenMP backend is an inline `#pragma omp parallel` in ATen's
+# headers, compiled into *this* library; without the flag the pragma is ignored and the CPU
+# kernel runs on one thread whatever torch.set_num_threads says.
+cxx_flags = opt + ["-fopenmp", "-fdiagnostics-color=always"]  # the C++ standard is the one torch asks for
 nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"]
 define_macros = []
 if build_cuda:
@@ -82,6 +85,7 @@ setup(
             sources,
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
+            extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
     ],
