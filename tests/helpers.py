@@ -27,6 +27,12 @@ def make_logits(shape, dtype, device, scale=4.0, requires_grad=False):
     return x.requires_grad_(requires_grad)
 
 
+def seeded_logits(shape, seed, scale, dtype=torch.float64):
+    """Logits from their own generator, for hypothesis tests that draw the seed."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
 def make_labels(rows_shape, classes, device, ignore_index=-1, p_ignore=0.1, p_background=0.5):
     labels = torch.randint(0, classes, rows_shape)
     u = torch.rand(rows_shape)

@@ -13,6 +13,7 @@ from helpers import (
     make_logits,
     make_soft_targets,
     reference_loss_and_grad,
+    seeded_logits,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,11 +195,6 @@ shapes = st.tuples(st.integers(0, 9), st.integers(1, 23))
 gammas = st.floats(0.05, 8.0)
 betas = st.floats(-5.0, 5.0)
 scales = st.sampled_from([1e-3, 1.0, 30.0, 1e4])
-
-
-def seeded_logits(shape, seed, scale, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 @SETTINGS

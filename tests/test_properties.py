@@ -2,7 +2,7 @@
 
 import torch
 import torch.nn.functional as F
-from helpers import HAS_CUDA
+from helpers import HAS_CUDA, seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +17,10 @@ alphas = st.one_of(st.just(-1.0), st.floats(0.0, 1.0))
 scales = st.sampled_from([1e-3, 1.0, 30.0, 1e4])
 
 
-def logits(shape, seed, scale, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-
 @SETTINGS
 @given(shapes, gammas, alphas, scales, st.integers(0, 2**31))
 def test_loss_nonnegative_and_finite(shape, gamma, alpha, scale, seed):
-    x = logits(shape, seed, scale, torch.float32).requires_grad_()
+    x = seeded_logits(shape, seed, scale, torch.float32).requires_grad_()
     t = (torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1)) < 0.3).float()
     loss = sigmoid_focal_loss(x, t, alpha, gamma)
     assert (loss >= 0).all() and torch.isfinite(loss).all()
@@ -36,7 +31,7 @@ def test_loss_nonnegative_and_finite(shape, gamma, alpha, scale, seed):
 @SETTINGS
 @given(shapes, scales, st.integers(0, 2**31), st.sampled_from(["none", "sum", "mean"]))
 def test_gamma_zero_without_alpha_is_bce(shape, scale, seed, reduction):
-    x = logits(shape, seed, scale)
+    x = seeded_logits(shape, seed, scale)
     t = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     torch.testing.assert_close(
         sigmoid_focal_loss(x, t, -1.0, 0.0, reduction),
@@ -49,7 +44,7 @@ def test_gamma_zero_without_alpha_is_bce(shape, scale, seed, reduction):
 @given(shapes, gammas, alphas, st.integers(0, 2**31), st.sampled_from(["none", "sum", "mean"]), st.floats(0.0, 0.5))
 def test_labels_equal_one_hot(shape, gamma, alpha, seed, reduction, smoothing):
     rows, k = shape
-    x = logits(shape, seed, 5.0).requires_grad_()
+    x = seeded_logits(shape, seed, 5.0).requires_grad_()
     g = torch.Generator().manual_seed(seed + 1)
     labels = torch.randint(-1, k + 1, (rows,), generator=g)
     onehot, keep = one_hot_targets(labels, k, -1, torch.float64)
@@ -70,7 +65,7 @@ if HAS_CUDA:
     @SETTINGS
     @given(shapes, gammas, alphas, st.integers(0, 2**31))
     def test_cpu_equals_cuda(shape, gamma, alpha, seed):
-        x = logits(shape, seed, 5.0, torch.float32)
+        x = seeded_logits(shape, seed, 5.0, torch.float32)
         labels = torch.randint(0, shape[1] + 1, (shape[0],), generator=torch.Generator().manual_seed(seed))
         cpu = sigmoid_focal_loss(x, labels, alpha, gamma, "sum")
         gpu = sigmoid_focal_loss(x.cuda(), labels.cuda(), alpha, gamma, "sum").cpu()

@@ -12,6 +12,7 @@ from helpers import (
     make_logits,
     make_probabilities,
     reference_loss_and_grad,
+    seeded_logits,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,11 +224,6 @@ SETTINGS = settings(max_examples=40, deadline=None)
 shapes = st.tuples(st.integers(0, 9), st.integers(1, 40))
 gammas = st.one_of(st.sampled_from([0.0, 1.0, 2.0]), st.floats(0.0, 6.0))
 scales = st.sampled_from([1e-3, 1.0, 30.0, 1e3])
-
-
-def seeded_logits(shape, seed, scale, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 @SETTINGS
