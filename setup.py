@@ -30,7 +30,8 @@ except ImportError:  # build isolation, or torch not installed
         "focal_loss_ext needs PyTorch at build time, and pip's build isolation hides it.\n"
         "Install torch first, then build against it:\n"
         "    pip install torch\n"
-        "    pip install --no-build-isolation .")
+        "    pip install --no-build-isolation ."
+    )
 
 # Used when no GPU is visible: Turing to Hopper as machine code, plus PTX for newer GPUs.
 DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
@@ -39,19 +40,24 @@ WITH_CUDA = os.environ.get("FOCAL_LOSS_EXT_CUDA", "auto").lower()
 DEBUG = os.environ.get("FOCAL_LOSS_EXT_DEBUG", "0") == "1"
 if WITH_CUDA not in ("auto", "0", "1"):
     sys.exit(f"FOCAL_LOSS_EXT_CUDA must be auto, 0 or 1, got {WITH_CUDA!r}")
-cuda_possible = (torch.version.cuda is not None and CUDA_HOME is not None
-                 and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
+cuda_possible = (
+    torch.version.cuda is not None and CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+)
 if WITH_CUDA == "1" and not cuda_possible:
-    sys.exit(f"FOCAL_LOSS_EXT_CUDA=1 but cannot build CUDA code: torch.version.cuda={torch.version.cuda}, "
-             f"CUDA_HOME={CUDA_HOME}")
+    sys.exit(
+        f"FOCAL_LOSS_EXT_CUDA=1 but cannot build CUDA code: torch.version.cuda={torch.version.cuda}, "
+        f"CUDA_HOME={CUDA_HOME}"
+    )
 build_cuda = WITH_CUDA == "1" or (WITH_CUDA == "auto" and cuda_possible)
 if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
 arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs") if build_cuda else ""
 
-print(f"focal_loss_ext build: torch {torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME={CUDA_HOME}, "
-      f"cuda kernel={'yes' if build_cuda else 'no'} (FOCAL_LOSS_EXT_CUDA={WITH_CUDA}), "
-      f"TORCH_CUDA_ARCH_LIST={arch_list or '-'}, debug={DEBUG}, MAX_JOBS={os.environ.get('MAX_JOBS', '-')}")
+print(
+    f"focal_loss_ext build: torch {torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME={CUDA_HOME}, "
+    f"cuda kernel={'yes' if build_cuda else 'no'} (FOCAL_LOSS_EXT_CUDA={WITH_CUDA}), "
+    f"TORCH_CUDA_ARCH_LIST={arch_list or '-'}, debug={DEBUG}, MAX_JOBS={os.environ.get('MAX_JOBS', '-')}"
+)
 
 sources = [
     "csrc/module.cpp",

@@ -46,12 +46,24 @@ class Loss:
 
 
 LOSSES = (
-    Loss("softmax_focal_loss", 1000, (10_000, 100_000), (10_000,), (1_000,),
-         lambda x, y: softmax_focal_loss(x, y, gamma=GAMMA),
-         lambda x, y: softmax_focal_loss_reference(x, y, gamma=GAMMA)),
-    Loss("sigmoid_focal_loss_star", 80, (100_000, 1_000_000), (100_000,), (10_000,),
-         lambda x, y: sigmoid_focal_loss_star(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
-         lambda x, y: sigmoid_focal_loss_star_reference(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean")),
+    Loss(
+        "softmax_focal_loss",
+        1000,
+        (10_000, 100_000),
+        (10_000,),
+        (1_000,),
+        lambda x, y: softmax_focal_loss(x, y, gamma=GAMMA),
+        lambda x, y: softmax_focal_loss_reference(x, y, gamma=GAMMA),
+    ),
+    Loss(
+        "sigmoid_focal_loss_star",
+        80,
+        (100_000, 1_000_000),
+        (100_000,),
+        (10_000,),
+        lambda x, y: sigmoid_focal_loss_star(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
+        lambda x, y: sigmoid_focal_loss_star_reference(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
+    ),
 )
 
 
@@ -80,9 +92,11 @@ def make_inputs(loss: Loss, rows: int, device: torch.device):
 
 def make_step(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, mode: str):
     if mode == "forward":
+
         def forward():
             with torch.no_grad():
                 return fn(logits, labels)
+
         return forward
 
     def forward_backward():
@@ -90,6 +104,7 @@ def make_step(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, mode: st
         loss = fn(logits, labels)
         loss.backward()
         return loss
+
     return forward_backward
 
 
@@ -105,27 +120,44 @@ def run(device: torch.device, threads: int, quick: bool, min_run_time: float) ->
                 for impl, factory in implementations(loss).items():
                     step = make_step(factory(), logits, labels, mode)
                     value = step().item()  # compiles, for torch.compile
-                    timed = timing.time_step(step, device, threads=threads, min_run_time=min_run_time,
-                                             min_samples=5)
-                    print(f"{loss.name} {mode} {size:,} x {loss.classes} {impl}: {timed.median_ms:.3g} ms",
-                          file=sys.stderr)
-                    rows.append({"loss": loss.name, "impl": impl, "mode": mode, "rows": size,
-                                 "classes": loss.classes, "dtype": "float32", "median_ms": timed.median_ms,
-                                 "q25_ms": timed.q25_ms, "q75_ms": timed.q75_ms, "samples": timed.samples,
-                                 "value": value} | env)
+                    timed = timing.time_step(step, device, threads=threads, min_run_time=min_run_time, min_samples=5)
+                    print(
+                        f"{loss.name} {mode} {size:,} x {loss.classes} {impl}: {timed.median_ms:.3g} ms",
+                        file=sys.stderr,
+                    )
+                    rows.append(
+                        {
+                            "loss": loss.name,
+                            "impl": impl,
+                            "mode": mode,
+                            "rows": size,
+                            "classes": loss.classes,
+                            "dtype": "float32",
+                            "median_ms": timed.median_ms,
+                            "q25_ms": timed.q25_ms,
+                            "q75_ms": timed.q75_ms,
+                            "samples": timed.samples,
+                            "value": value,
+                        }
+                        | env
+                    )
             del logits, labels
     return rows
 
 
 def table(rows: list[dict]) -> str:
     ours = {(r["loss"], r["mode"], r["rows"]): r["median_ms"] for r in rows if r["impl"] == "ours"}
-    lines = ["| loss | mode | rows x classes | impl | median ms (q25-q75) | ours faster by |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| loss | mode | rows x classes | impl | median ms (q25-q75) | ours faster by |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         speedup = r["median_ms"] / ours[(r["loss"], r["mode"], r["rows"])]
-        lines.append(f"| {r['loss']} | {r['mode']} | {r['rows']:,} x {r['classes']} | {r['impl']} | "
-                     f"{r['median_ms']:.3g} ({r['q25_ms']:.3g}-{r['q75_ms']:.3g}) | "
-                     f"{'' if r['impl'] == 'ours' else f'{speedup:.2f}x'} |")
+        lines.append(
+            f"| {r['loss']} | {r['mode']} | {r['rows']:,} x {r['classes']} | {r['impl']} | "
+            f"{r['median_ms']:.3g} ({r['q25_ms']:.3g}-{r['q75_ms']:.3g}) | "
+            f"{'' if r['impl'] == 'ours' else f'{speedup:.2f}x'} |"
+        )
     return "\n".join(lines)
 
 

@@ -60,8 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-run-time", type=float, help="seconds per measurement (default 1 on CPU, 0.5 on CUDA)")
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, float32, 0.1 s per measurement")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--family", action="store_true",
-                        help="benchmark softmax_focal_loss and FL* instead (benchmarks/family.py, its own options)")
+    parser.add_argument(
+        "--family",
+        action="store_true",
+        help="benchmark softmax_focal_loss and FL* instead (benchmarks/family.py, its own options)",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch.cuda.is_available() is False")

@@ -43,25 +43,57 @@ struct LossGrad {
 
 namespace math {
 
-C10_HOST_DEVICE inline float exp(float x) { return ::expf(x); }
-C10_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
-C10_HOST_DEVICE inline float log1p(float x) { return ::log1pf(x); }
-C10_HOST_DEVICE inline double log1p(double x) { return ::log1p(x); }
+C10_HOST_DEVICE inline float exp(float x) {
+  return ::expf(x);
+}
+C10_HOST_DEVICE inline double exp(double x) {
+  return ::exp(x);
+}
+C10_HOST_DEVICE inline float log1p(float x) {
+  return ::log1pf(x);
+}
+C10_HOST_DEVICE inline double log1p(double x) {
+  return ::log1p(x);
+}
 // log1p on (0, 1], the only range softplus needs (its argument is exp(-|x|)); the CPU vector
 // overload uses that range to replace a general log1p with a short series.
-C10_HOST_DEVICE inline float log1p_unit(float x) { return ::log1pf(x); }
-C10_HOST_DEVICE inline double log1p_unit(double x) { return ::log1p(x); }
-C10_HOST_DEVICE inline float abs(float x) { return ::fabsf(x); }
-C10_HOST_DEVICE inline double abs(double x) { return ::fabs(x); }
-C10_HOST_DEVICE inline float pow(float x, float y) { return ::powf(x, y); }
-C10_HOST_DEVICE inline double pow(double x, double y) { return ::pow(x, y); }
-C10_HOST_DEVICE inline float expm1(float x) { return ::expm1f(x); }
-C10_HOST_DEVICE inline double expm1(double x) { return ::expm1(x); }
-C10_HOST_DEVICE inline float log(float x) { return ::logf(x); }
-C10_HOST_DEVICE inline double log(double x) { return ::log(x); }
+C10_HOST_DEVICE inline float log1p_unit(float x) {
+  return ::log1pf(x);
+}
+C10_HOST_DEVICE inline double log1p_unit(double x) {
+  return ::log1p(x);
+}
+C10_HOST_DEVICE inline float abs(float x) {
+  return ::fabsf(x);
+}
+C10_HOST_DEVICE inline double abs(double x) {
+  return ::fabs(x);
+}
+C10_HOST_DEVICE inline float pow(float x, float y) {
+  return ::powf(x, y);
+}
+C10_HOST_DEVICE inline double pow(double x, double y) {
+  return ::pow(x, y);
+}
+C10_HOST_DEVICE inline float expm1(float x) {
+  return ::expm1f(x);
+}
+C10_HOST_DEVICE inline double expm1(double x) {
+  return ::expm1(x);
+}
+C10_HOST_DEVICE inline float log(float x) {
+  return ::logf(x);
+}
+C10_HOST_DEVICE inline double log(double x) {
+  return ::log(x);
+}
 // NaN-propagating, like torch.max: a NaN logit makes its row's loss NaN.
-C10_HOST_DEVICE inline float max(float a, float b) { return (a != a || a > b) ? a : b; }
-C10_HOST_DEVICE inline double max(double a, double b) { return (a != a || a > b) ? a : b; }
+C10_HOST_DEVICE inline float max(float a, float b) {
+  return (a != a || a > b) ? a : b;
+}
+C10_HOST_DEVICE inline double max(double a, double b) {
+  return (a != a || a > b) ? a : b;
+}
 template <typename T>
 C10_HOST_DEVICE inline T select(bool cond, T a, T b) {
   return cond ? a : b;
@@ -84,8 +116,8 @@ C10_HOST_DEVICE inline SigmoidParts<T> sigmoid_parts(T x) {
   const T zero(0);
   const T one(1);
   const T e = math::exp(-math::abs(x));  // in (0, 1]: never overflows
-  const T inv = one / (one + e);          // sigmoid(|x|)
-  const T small = e * inv;                // sigmoid(-|x|)
+  const T inv = one / (one + e);         // sigmoid(|x|)
+  const T small = e * inv;               // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
   const T l = math::log1p_unit(e);
   SigmoidParts<T> p;

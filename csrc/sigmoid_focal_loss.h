@@ -61,33 +61,28 @@ struct SigmoidFocalProblem {
   at::Tensor grad_scale;  // 0-dim opmath: what grad_input must still be multiplied by
 };
 
-SigmoidFocalProblem make_sigmoid_focal_problem(
-    const at::Tensor& inputs,
-    const at::Tensor& targets,
-    const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& normalizer,
-    double alpha,
-    double gamma,
-    double scale,
-    double label_smoothing,
-    int64_t ignore_index,
-    int64_t reduction,
-    bool compute_grad,
-    LossKind kind = LossKind::SigmoidFocal,
-    double beta = 0);
+SigmoidFocalProblem make_sigmoid_focal_problem(const at::Tensor& inputs,
+                                               const at::Tensor& targets,
+                                               const c10::optional<at::Tensor>& alpha_per_class,
+                                               const c10::optional<at::Tensor>& weight,
+                                               const c10::optional<at::Tensor>& normalizer,
+                                               double alpha,
+                                               double gamma,
+                                               double scale,
+                                               double label_smoothing,
+                                               int64_t ignore_index,
+                                               int64_t reduction,
+                                               bool compute_grad,
+                                               LossKind kind = LossKind::SigmoidFocal,
+                                               double beta = 0);
 
 // Validation shared by the backends' scale_grad_ implementations; returns true when
 // grad_output is a single value (the reduced-loss case that the kernels handle). Otherwise
 // grad_output has grad_input's shape, or grad_input.shape[:-1] for a per-row loss.
-bool check_scale_grad_args(const at::Tensor& grad_input,
-                           const at::Tensor& grad_output,
-                           const at::Tensor& grad_scale);
+bool check_scale_grad_args(const at::Tensor& grad_input, const at::Tensor& grad_output, const at::Tensor& grad_scale);
 
 // The general (reduction "none") case: grad_input *= grad_output * grad_scale, in opmath
 // (a per-row grad_output broadcast over the last dimension).
-void scale_grad_elementwise_(at::Tensor& grad_input,
-                             const at::Tensor& grad_output,
-                             const at::Tensor& grad_scale);
+void scale_grad_elementwise_(at::Tensor& grad_input, const at::Tensor& grad_output, const at::Tensor& grad_scale);
 
 }  // namespace focal_loss_ext

@@ -19,7 +19,7 @@ namespace cpu {
 struct RowsPlan {
   c10::ScalarType dtype;
   GammaKind gamma_kind;
-  bool star;  // sigmoid rows: FL* instead of FL
+  bool star;              // sigmoid rows: FL* instead of FL
   const void* inputs;     // (rows, classes), dtype
   const void* targets;    // float form: (rows, classes), dtype; else nullptr
   const int64_t* labels;  // label form: (rows); else nullptr

@@ -135,19 +135,22 @@ template <typename scalar_t>
 RowsResult rows_for_dtype(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   if (p.star) return rows_for_rule<scalar_t, SigmoidFocalStar>(p, row_begin, row_end);
   switch (p.gamma_kind) {
-    case GammaKind::Zero: return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::Zero>>(p, row_begin, row_end);
-    case GammaKind::One: return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::One>>(p, row_begin, row_end);
-    case GammaKind::Two: return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::Two>>(p, row_begin, row_end);
-    case GammaKind::General: break;
+    case GammaKind::Zero:
+      return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::Zero>>(p, row_begin, row_end);
+    case GammaKind::One:
+      return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::One>>(p, row_begin, row_end);
+    case GammaKind::Two:
+      return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::Two>>(p, row_begin, row_end);
+    case GammaKind::General:
+      break;
   }
   return rows_for_rule<scalar_t, SigmoidFocal<GammaKind::General>>(p, row_begin, row_end);
 }
 
 inline RowsResult rows_dispatch(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   RowsResult result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "sigmoid_focal_loss_cpu", [&] {
-    result = rows_for_dtype<scalar_t>(p, row_begin, row_end);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "sigmoid_focal_loss_cpu",
+                                  [&] { result = rows_for_dtype<scalar_t>(p, row_begin, row_end); });
   return result;
 }
 

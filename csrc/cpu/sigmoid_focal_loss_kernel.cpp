@@ -96,26 +96,41 @@ void run_rows(SigmoidFocalProblem& p, RowsFn rows_fn) {
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
-    double gamma, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
-    bool compute_grad) {
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     alpha, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(const at::Tensor& inputs,
+                                                                      const at::Tensor& targets,
+                                                                      const c10::optional<at::Tensor>& alpha_per_class,
+                                                                      const c10::optional<at::Tensor>& weight,
+                                                                      const c10::optional<at::Tensor>& normalizer,
+                                                                      double alpha,
+                                                                      double gamma,
+                                                                      double scale,
+                                                                      double label_smoothing,
+                                                                      int64_t ignore_index,
+                                                                      int64_t reduction,
+                                                                      bool compute_grad) {
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                                                     scale, label_smoothing, ignore_index, reduction, compute_grad);
   run_rows(p, use_avx2() ? &sigmoid_focal_rows_avx2 : &sigmoid_focal_rows_default);
   return {p.loss, p.grad_input, p.grad_scale};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cpu(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
-    double gamma, double beta, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
+    const at::Tensor& inputs,
+    const at::Tensor& targets,
+    const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& normalizer,
+    double alpha,
+    double gamma,
+    double beta,
+    double scale,
+    double label_smoothing,
+    int64_t ignore_index,
+    int64_t reduction,
     bool compute_grad) {
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     alpha, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad, LossKind::SigmoidFocalStar, beta);
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                                                     scale, label_smoothing, ignore_index, reduction, compute_grad,
+                                                     LossKind::SigmoidFocalStar, beta);
   run_rows(p, use_avx2() ? &sigmoid_focal_rows_avx2 : &sigmoid_focal_rows_default);
   return {p.loss, p.grad_input, p.grad_scale};
 }

@@ -10,10 +10,17 @@ namespace focal_loss_ext {
 namespace cpu {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cpu(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double gamma,
-    double scale, double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cpu(const at::Tensor& inputs,
+                                                                      const at::Tensor& targets,
+                                                                      const c10::optional<at::Tensor>& alpha_per_class,
+                                                                      const c10::optional<at::Tensor>& weight,
+                                                                      const c10::optional<at::Tensor>& normalizer,
+                                                                      double gamma,
+                                                                      double scale,
+                                                                      double label_smoothing,
+                                                                      int64_t ignore_index,
+                                                                      int64_t reduction,
+                                                                      bool compute_grad) {
   SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
                                                      /*alpha=*/-1.0, gamma, scale, label_smoothing, ignore_index,
                                                      reduction, compute_grad, LossKind::SoftmaxFocal);

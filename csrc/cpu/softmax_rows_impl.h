@@ -164,19 +164,22 @@ RowsResult softmax_rows_for_gamma(const RowsPlan& p, int64_t row_begin, int64_t 
 template <typename scalar_t>
 RowsResult softmax_rows_for_dtype(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   switch (p.gamma_kind) {
-    case GammaKind::Zero: return softmax_rows_for_gamma<scalar_t, GammaKind::Zero>(p, row_begin, row_end);
-    case GammaKind::One: return softmax_rows_for_gamma<scalar_t, GammaKind::One>(p, row_begin, row_end);
-    case GammaKind::Two: return softmax_rows_for_gamma<scalar_t, GammaKind::Two>(p, row_begin, row_end);
-    case GammaKind::General: break;
+    case GammaKind::Zero:
+      return softmax_rows_for_gamma<scalar_t, GammaKind::Zero>(p, row_begin, row_end);
+    case GammaKind::One:
+      return softmax_rows_for_gamma<scalar_t, GammaKind::One>(p, row_begin, row_end);
+    case GammaKind::Two:
+      return softmax_rows_for_gamma<scalar_t, GammaKind::Two>(p, row_begin, row_end);
+    case GammaKind::General:
+      break;
   }
   return softmax_rows_for_gamma<scalar_t, GammaKind::General>(p, row_begin, row_end);
 }
 
 inline RowsResult softmax_rows_dispatch(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   RowsResult result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "softmax_focal_loss_cpu", [&] {
-    result = softmax_rows_for_dtype<scalar_t>(p, row_begin, row_end);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "softmax_focal_loss_cpu",
+                                  [&] { result = softmax_rows_for_dtype<scalar_t>(p, row_begin, row_end); });
   return result;
 }
 

@@ -101,13 +101,13 @@ __device__ __forceinline__ auto loss_factor(const Args& a) {
 // One block: sums the partials in a fixed order and writes the loss and grad_scale. Args also
 // needs fold_into_grad and mean_over_count.
 template <typename scalar_t, typename Args>
-__global__ void __launch_bounds__(kThreads) focal_finalize_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ partial_sums,
-    const int64_t* __restrict__ partial_counts,
-    int64_t partials,
-    scalar_t* __restrict__ loss,
-    at::opmath_type<scalar_t>* __restrict__ grad_scale,
-    const Args a) {
+__global__ void __launch_bounds__(kThreads)
+    focal_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial_sums,
+                          const int64_t* __restrict__ partial_counts,
+                          int64_t partials,
+                          scalar_t* __restrict__ loss,
+                          at::opmath_type<scalar_t>* __restrict__ grad_scale,
+                          const Args a) {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t sum = 0;
   int64_t count = 0;

@@ -43,16 +43,16 @@ struct ForwardArgs {
 
 // One thread handles kVec consecutive elements of one row per step (classes % kVec == 0).
 template <typename scalar_t, int kVec, typename Rule, bool kLabels>
-__global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
-    const scalar_t* __restrict__ inputs,
-    const scalar_t* __restrict__ targets,  // float form
-    const int64_t* __restrict__ labels,    // label form
-    scalar_t* __restrict__ loss_out,       // reduction "none" only
-    scalar_t* __restrict__ grad_out,       // nullptr: no gradient
-    at::opmath_type<scalar_t>* __restrict__ partial_sums,
-    int64_t* __restrict__ partial_counts,
-    at::opmath_type<scalar_t>* __restrict__ grad_scale,
-    const ForwardArgs<at::opmath_type<scalar_t>> a) {
+__global__ void __launch_bounds__(kThreads)
+    sigmoid_focal_forward_kernel(const scalar_t* __restrict__ inputs,
+                                 const scalar_t* __restrict__ targets,  // float form
+                                 const int64_t* __restrict__ labels,    // label form
+                                 scalar_t* __restrict__ loss_out,       // reduction "none" only
+                                 scalar_t* __restrict__ grad_out,       // nullptr: no gradient
+                                 at::opmath_type<scalar_t>* __restrict__ partial_sums,
+                                 int64_t* __restrict__ partial_counts,
+                                 at::opmath_type<scalar_t>* __restrict__ grad_scale,
+                                 const ForwardArgs<at::opmath_type<scalar_t>> a) {
   using opmath_t = at::opmath_type<scalar_t>;
   using VecT = Pack<scalar_t, kVec>;
   const Rule rule;
@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
           alpha_pos = a.alpha[k0 + j];
           alpha_neg = opmath_t(1) - alpha_pos;
         }
-        const LossGrad<opmath_t> lg = rule(static_cast<opmath_t>(x.v[j]), target, alpha_pos, alpha_neg, a.gamma, a.beta);
+        const LossGrad<opmath_t> lg =
+            rule(static_cast<opmath_t>(x.v[j]), target, alpha_pos, alpha_neg, a.gamma, a.beta);
         const opmath_t loss = lg.loss * w;
         acc += loss;
         loss_pack.v[j] = static_cast<scalar_t>(loss * factor);
@@ -134,8 +135,12 @@ __global__ void __launch_bounds__(kThreads) sigmoid_focal_forward_kernel(
 
 // Launches the forward pass; returns the grid it used (the number of partials written).
 template <typename scalar_t, int kVec, typename Rule, bool kLabels>
-int64_t launch_forward(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
-                       at::Tensor& partial_sums, at::Tensor& partial_counts, int device, cudaStream_t stream) {
+int64_t launch_forward(const SigmoidFocalProblem& p,
+                       const ForwardArgs<at::opmath_type<scalar_t>>& args,
+                       at::Tensor& partial_sums,
+                       at::Tensor& partial_counts,
+                       int device,
+                       cudaStream_t stream) {
   using opmath_t = at::opmath_type<scalar_t>;
   const auto kernel = sigmoid_focal_forward_kernel<scalar_t, kVec, Rule, kLabels>;
   static const int blocks_per_sm = resident_blocks_per_sm(kernel);
@@ -143,49 +148,52 @@ int64_t launch_forward(const SigmoidFocalProblem& p, const ForwardArgs<at::opmat
   TORCH_INTERNAL_ASSERT(!partial_sums.defined() || grid <= partial_sums.numel());
   const bool reduce = p.reduction != Reduction::None;
   kernel<<<grid, kThreads, 0, stream>>>(
-      p.inputs.const_data_ptr<scalar_t>(),
-      kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
-      kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr,
-      reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
+      p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
+      kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
       reduce ? partial_sums.mutable_data_ptr<opmath_t>() : nullptr,
-      reduce ? partial_counts.mutable_data_ptr<int64_t>() : nullptr,
-      p.grad_scale.mutable_data_ptr<opmath_t>(),
-      args);
+      reduce ? partial_counts.mutable_data_ptr<int64_t>() : nullptr, p.grad_scale.mutable_data_ptr<opmath_t>(), args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grid;
 }
 
 template <typename scalar_t, int kVec, typename Rule>
-int64_t launch_forward_targets(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
-                               at::Tensor& partial_sums, at::Tensor& partial_counts, int device,
+int64_t launch_forward_targets(const SigmoidFocalProblem& p,
+                               const ForwardArgs<at::opmath_type<scalar_t>>& args,
+                               at::Tensor& partial_sums,
+                               at::Tensor& partial_counts,
+                               int device,
                                cudaStream_t stream) {
   return p.labels ? launch_forward<scalar_t, kVec, Rule, true>(p, args, partial_sums, partial_counts, device, stream)
                   : launch_forward<scalar_t, kVec, Rule, false>(p, args, partial_sums, partial_counts, device, stream);
 }
 
 template <typename scalar_t, int kVec>
-int64_t launch_forward_gamma(const SigmoidFocalProblem& p, const ForwardArgs<at::opmath_type<scalar_t>>& args,
-                             at::Tensor& partial_sums, at::Tensor& partial_counts, int device, cudaStream_t stream) {
+int64_t launch_forward_gamma(const SigmoidFocalProblem& p,
+                             const ForwardArgs<at::opmath_type<scalar_t>>& args,
+                             at::Tensor& partial_sums,
+                             at::Tensor& partial_counts,
+                             int device,
+                             cudaStream_t stream) {
   if (p.kind == LossKind::SigmoidFocalStar) {
     return launch_forward_targets<scalar_t, kVec, SigmoidFocalStar>(p, args, partial_sums, partial_counts, device,
                                                                     stream);
   }
   switch (gamma_kind(p.gamma)) {
     case GammaKind::Zero:
-      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::Zero>>(p, args, partial_sums, partial_counts, device,
-                                                                     stream);
+      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::Zero>>(p, args, partial_sums,
+                                                                                   partial_counts, device, stream);
     case GammaKind::One:
-      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::One>>(p, args, partial_sums, partial_counts, device,
-                                                                    stream);
+      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::One>>(p, args, partial_sums, partial_counts,
+                                                                                  device, stream);
     case GammaKind::Two:
-      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::Two>>(p, args, partial_sums, partial_counts, device,
-                                                                    stream);
+      return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::Two>>(p, args, partial_sums, partial_counts,
+                                                                                  device, stream);
     case GammaKind::General:
       break;
   }
-  return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::General>>(p, args, partial_sums, partial_counts, device,
-                                                                    stream);
+  return launch_forward_targets<scalar_t, kVec, SigmoidFocal<GammaKind::General>>(p, args, partial_sums, partial_counts,
+                                                                                  device, stream);
 }
 
 // FL and FL*: the same pass, with the rule picked from p.kind.
@@ -206,8 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalPr
     using opmath_t = at::opmath_type<scalar_t>;
     constexpr int kVecMax = kAccessBytes / sizeof(scalar_t);
     const bool vectorize = p.classes % kVecMax == 0 && aligned(p.inputs.const_data_ptr()) &&
-                           (p.labels || aligned(p.targets.const_data_ptr())) &&
-                           aligned(p.loss.const_data_ptr()) &&
+                           (p.labels || aligned(p.targets.const_data_ptr())) && aligned(p.loss.const_data_ptr()) &&
                            (!p.compute_grad || aligned(p.grad_input.const_data_ptr()));
     const int vec = vectorize ? kVecMax : 1;
 
@@ -236,9 +243,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalPr
     const auto opts = p.inputs.options();
     at::Tensor partial_sums = reduce ? at::empty({max_grid}, opts.dtype(p.grad_scale.scalar_type())) : at::Tensor();
     at::Tensor partial_counts = reduce ? at::empty({max_grid}, opts.dtype(at::kLong)) : at::Tensor();
-    const int64_t grid = vectorize
-        ? launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, device, stream)
-        : launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, device, stream);
+    const int64_t grid =
+        vectorize ? launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, device, stream)
+                  : launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, device, stream);
     if (reduce) {
       focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
           partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
@@ -249,38 +256,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalPr
   return {p.loss, p.grad_input, p.grad_scale};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
-    double gamma, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
-    bool compute_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(const at::Tensor& inputs,
+                                                                       const at::Tensor& targets,
+                                                                       const c10::optional<at::Tensor>& alpha_per_class,
+                                                                       const c10::optional<at::Tensor>& weight,
+                                                                       const c10::optional<at::Tensor>& normalizer,
+                                                                       double alpha,
+                                                                       double gamma,
+                                                                       double scale,
+                                                                       double label_smoothing,
+                                                                       int64_t ignore_index,
+                                                                       int64_t reduction,
+                                                                       bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     alpha, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad);
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                                                     scale, label_smoothing, ignore_index, reduction, compute_grad);
   return run_sigmoid_losses(p);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cuda(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double alpha,
-    double gamma, double beta, double scale, double label_smoothing, int64_t ignore_index, int64_t reduction,
+    const at::Tensor& inputs,
+    const at::Tensor& targets,
+    const c10::optional<at::Tensor>& alpha_per_class,
+    const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& normalizer,
+    double alpha,
+    double gamma,
+    double beta,
+    double scale,
+    double label_smoothing,
+    int64_t ignore_index,
+    int64_t reduction,
     bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     alpha, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad, LossKind::SigmoidFocalStar, beta);
+  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                                                     scale, label_smoothing, ignore_index, reduction, compute_grad,
+                                                     LossKind::SigmoidFocalStar, beta);
   return run_sigmoid_losses(p);
 }
 
 // grad *= grad_output * grad_scale, both read on the device; every block returns at once
 // when the product is exactly 1, so plain loss.backward() costs one launch and no traffic.
 template <typename scalar_t, int kVec>
-__global__ void __launch_bounds__(kThreads) scale_grad_kernel(
-    scalar_t* __restrict__ grad,
-    const scalar_t* __restrict__ grad_output,
-    const at::opmath_type<scalar_t>* __restrict__ grad_scale,
-    int64_t numel) {
+__global__ void __launch_bounds__(kThreads) scale_grad_kernel(scalar_t* __restrict__ grad,
+                                                              const scalar_t* __restrict__ grad_output,
+                                                              const at::opmath_type<scalar_t>* __restrict__ grad_scale,
+                                                              int64_t numel) {
   using opmath_t = at::opmath_type<scalar_t>;
   using VecT = Pack<scalar_t, kVec>;
   const opmath_t factor = static_cast<opmath_t>(*grad_output) * *grad_scale;
@@ -311,8 +332,8 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_input.scalar_type(), "scale_grad_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     constexpr int kVecMax = kAccessBytes / sizeof(scalar_t);
-    const auto kernel = aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax>
-                                                             : scale_grad_kernel<scalar_t, 1>;
+    const auto kernel =
+        aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax> : scale_grad_kernel<scalar_t, 1>;
     static const int blocks_per_sm = resident_blocks_per_sm(scale_grad_kernel<scalar_t, kVecMax>);
     const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device(), blocks_per_sm);
     kernel<<<grid, kThreads, 0, stream>>>(grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),

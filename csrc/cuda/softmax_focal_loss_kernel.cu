@@ -43,16 +43,16 @@ struct SoftmaxArgs {
 
 // kHard: integer labels without label smoothing, where only the target class has a term.
 template <typename scalar_t, GammaKind kGamma, bool kLabels, bool kHard>
-__global__ void __launch_bounds__(kThreads) softmax_focal_forward_kernel(
-    const scalar_t* __restrict__ inputs,
-    const scalar_t* __restrict__ targets,  // probability form
-    const int64_t* __restrict__ labels,    // label form
-    scalar_t* __restrict__ loss_out,       // reduction "none" only: (rows)
-    scalar_t* __restrict__ grad_out,       // nullptr: no gradient
-    at::opmath_type<scalar_t>* __restrict__ partial_sums,
-    int64_t* __restrict__ partial_counts,
-    at::opmath_type<scalar_t>* __restrict__ grad_scale,
-    const SoftmaxArgs<at::opmath_type<scalar_t>> a) {
+__global__ void __launch_bounds__(kThreads)
+    softmax_focal_forward_kernel(const scalar_t* __restrict__ inputs,
+                                 const scalar_t* __restrict__ targets,  // probability form
+                                 const int64_t* __restrict__ labels,    // label form
+                                 scalar_t* __restrict__ loss_out,       // reduction "none" only: (rows)
+                                 scalar_t* __restrict__ grad_out,       // nullptr: no gradient
+                                 at::opmath_type<scalar_t>* __restrict__ partial_sums,
+                                 int64_t* __restrict__ partial_counts,
+                                 at::opmath_type<scalar_t>* __restrict__ grad_scale,
+                                 const SoftmaxArgs<at::opmath_type<scalar_t>> a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const opmath_t factor = loss_factor(a);
   const opmath_t grad_factor = a.fold_into_grad ? factor : opmath_t(1);
@@ -154,7 +154,9 @@ __global__ void __launch_bounds__(kThreads) softmax_focal_forward_kernel(
 }
 
 template <typename scalar_t, GammaKind kGamma, bool kLabels, bool kHard>
-void launch(const SigmoidFocalProblem& p, const SoftmaxArgs<at::opmath_type<scalar_t>>& args, int device,
+void launch(const SigmoidFocalProblem& p,
+            const SoftmaxArgs<at::opmath_type<scalar_t>>& args,
+            int device,
             cudaStream_t stream) {
   using opmath_t = at::opmath_type<scalar_t>;
   const auto kernel = softmax_focal_forward_kernel<scalar_t, kGamma, kLabels, kHard>;
@@ -165,15 +167,11 @@ void launch(const SigmoidFocalProblem& p, const SoftmaxArgs<at::opmath_type<scal
   at::Tensor partial_sums = reduce ? at::empty({grid}, opts.dtype(p.grad_scale.scalar_type())) : at::Tensor();
   at::Tensor partial_counts = reduce ? at::empty({grid}, opts.dtype(at::kLong)) : at::Tensor();
   kernel<<<grid, kThreads, 0, stream>>>(
-      p.inputs.const_data_ptr<scalar_t>(),
-      kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
-      kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr,
-      reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
+      p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
+      kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
       reduce ? partial_sums.mutable_data_ptr<opmath_t>() : nullptr,
-      reduce ? partial_counts.mutable_data_ptr<int64_t>() : nullptr,
-      p.grad_scale.mutable_data_ptr<opmath_t>(),
-      args);
+      reduce ? partial_counts.mutable_data_ptr<int64_t>() : nullptr, p.grad_scale.mutable_data_ptr<opmath_t>(), args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (reduce) {
     focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
@@ -184,17 +182,26 @@ void launch(const SigmoidFocalProblem& p, const SoftmaxArgs<at::opmath_type<scal
 }
 
 template <typename scalar_t, GammaKind kGamma>
-void launch_for_targets(const SigmoidFocalProblem& p, const SoftmaxArgs<at::opmath_type<scalar_t>>& args,
-                        int device, cudaStream_t stream) {
+void launch_for_targets(const SigmoidFocalProblem& p,
+                        const SoftmaxArgs<at::opmath_type<scalar_t>>& args,
+                        int device,
+                        cudaStream_t stream) {
   if (!p.labels) return launch<scalar_t, kGamma, false, false>(p, args, device, stream);
   if (p.smoothing == 0) return launch<scalar_t, kGamma, true, true>(p, args, device, stream);
   return launch<scalar_t, kGamma, true, false>(p, args, device, stream);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cuda(
-    const at::Tensor& inputs, const at::Tensor& targets, const c10::optional<at::Tensor>& alpha_per_class,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& normalizer, double gamma,
-    double scale, double label_smoothing, int64_t ignore_index, int64_t reduction, bool compute_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cuda(const at::Tensor& inputs,
+                                                                       const at::Tensor& targets,
+                                                                       const c10::optional<at::Tensor>& alpha_per_class,
+                                                                       const c10::optional<at::Tensor>& weight,
+                                                                       const c10::optional<at::Tensor>& normalizer,
+                                                                       double gamma,
+                                                                       double scale,
+                                                                       double label_smoothing,
+                                                                       int64_t ignore_index,
+                                                                       int64_t reduction,
+                                                                       bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
   SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
                                                      /*alpha=*/-1.0, gamma, scale, label_smoothing, ignore_index,
@@ -226,10 +233,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cuda(
     args.classes = p.classes;
     args.ignore_index = p.ignore_index;
     switch (gamma_kind(p.gamma)) {
-      case GammaKind::Zero: return launch_for_targets<scalar_t, GammaKind::Zero>(p, args, device, stream);
-      case GammaKind::One: return launch_for_targets<scalar_t, GammaKind::One>(p, args, device, stream);
-      case GammaKind::Two: return launch_for_targets<scalar_t, GammaKind::Two>(p, args, device, stream);
-      case GammaKind::General: break;
+      case GammaKind::Zero:
+        return launch_for_targets<scalar_t, GammaKind::Zero>(p, args, device, stream);
+      case GammaKind::One:
+        return launch_for_targets<scalar_t, GammaKind::One>(p, args, device, stream);
+      case GammaKind::Two:
+        return launch_for_targets<scalar_t, GammaKind::Two>(p, args, device, stream);
+      case GammaKind::General:
+        break;
     }
     launch_for_targets<scalar_t, GammaKind::General>(p, args, device, stream);
   });
