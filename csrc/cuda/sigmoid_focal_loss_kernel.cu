@@ -147,7 +147,7 @@ int64_t launch_forward(const SigmoidFocalProblem& p,
   const int64_t grid = grid_for(args.packs, device, blocks_per_sm);
   TORCH_INTERNAL_ASSERT(!partial_sums.defined() || grid <= partial_sums.numel());
   const bool reduce = p.reduction != Reduction::None;
-  kernel<<<grid, kThreads, 0, stream>>>(
+  FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(
       p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
       kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
@@ -247,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalPr
         vectorize ? launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, device, stream)
                   : launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, device, stream);
     if (reduce) {
-      focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+      FOCAL_LOSS_EXT_LAUNCH(focal_finalize_kernel<scalar_t>, 1, kThreads, 0, stream)(
           partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
           p.loss.mutable_data_ptr<scalar_t>(), p.grad_scale.mutable_data_ptr<opmath_t>(), args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -336,8 +336,9 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
         aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax> : scale_grad_kernel<scalar_t, 1>;
     static const int blocks_per_sm = resident_blocks_per_sm(scale_grad_kernel<scalar_t, kVecMax>);
     const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device(), blocks_per_sm);
-    kernel<<<grid, kThreads, 0, stream>>>(grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-                                          grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
+    FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(grad_input.mutable_data_ptr<scalar_t>(),
+                                                             go.const_data_ptr<scalar_t>(),
+                                                             grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
