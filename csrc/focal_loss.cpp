@@ -55,5 +55,4 @@ TORCH_LIBRARY(focal_loss_ext, m) {
   m.def("scale_grad_(Tensor(a!) grad_input, Tensor grad_output, Tensor grad_scale) -> ()");
 }
 
-
 }  // namespace focal_loss_ext

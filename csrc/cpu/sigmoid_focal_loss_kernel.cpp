@@ -108,9 +108,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(const at::
                                                                       int64_t ignore_index,
                                                                       int64_t reduction,
                                                                       bool compute_grad) {
-  FocalLossProblem p = make_problem(LossKind::SigmoidFocal, inputs, targets, alpha_per_class, weight, normalizer, alpha,
-                                    gamma, /*beta=*/0.0, host_scale, label_smoothing, ignore_index, reduction,
-                                    compute_grad);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocal, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                   /*beta=*/0.0, host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   run_rows(p, use_avx2() ? &sigmoid_focal_rows_avx2 : &sigmoid_focal_rows_default);
   return {p.loss, p.grad_input, p.grad_scale};
 }
@@ -129,9 +129,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cpu(
     int64_t ignore_index,
     int64_t reduction,
     bool compute_grad) {
-  FocalLossProblem p = make_problem(LossKind::SigmoidFocalStar, inputs, targets, alpha_per_class, weight, normalizer,
-                                    alpha, gamma, beta, host_scale, label_smoothing, ignore_index, reduction,
-                                    compute_grad);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocalStar, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma, beta,
+                   host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   run_rows(p, use_avx2() ? &sigmoid_focal_rows_avx2 : &sigmoid_focal_rows_default);
   return {p.loss, p.grad_input, p.grad_scale};
 }

@@ -101,13 +101,12 @@ __device__ __forceinline__ auto loss_scale_of(const Args& a) {
 // One block: sums the partials in a fixed order and writes the loss and grad_scale. Args also
 // needs prescale_grad and divide_by_count.
 template <typename scalar_t, typename Args>
-__global__ void __launch_bounds__(kThreads)
-    finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial_sums,
-                          const int64_t* __restrict__ partial_counts,
-                          int64_t partials,
-                          scalar_t* __restrict__ loss,
-                          at::opmath_type<scalar_t>* __restrict__ grad_scale,
-                          const Args a) {
+__global__ void __launch_bounds__(kThreads) finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial_sums,
+                                                            const int64_t* __restrict__ partial_counts,
+                                                            int64_t partials,
+                                                            scalar_t* __restrict__ loss,
+                                                            at::opmath_type<scalar_t>* __restrict__ grad_scale,
+                                                            const Args a) {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t sum = 0;
   int64_t count = 0;

@@ -58,7 +58,8 @@ __global__ void __launch_bounds__(kThreads)
   const Rule rule;
   const opmath_t loss_scale = loss_scale_of(a);
   const opmath_t grad_prescale = a.prescale_grad ? loss_scale : opmath_t(1);
-  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *grad_scale = a.prescale_grad ? opmath_t(1) : loss_scale;
+  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0)
+    *grad_scale = a.prescale_grad ? opmath_t(1) : loss_scale;
 
   // Grid-stride over packs, carrying (row, column) forward instead of dividing every step.
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -269,9 +270,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(const at:
                                                                        int64_t reduction,
                                                                        bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  FocalLossProblem p = make_problem(LossKind::SigmoidFocal, inputs, targets, alpha_per_class, weight, normalizer, alpha,
-                                    gamma, /*beta=*/0.0, host_scale, label_smoothing, ignore_index, reduction,
-                                    compute_grad);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocal, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                   /*beta=*/0.0, host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   return run_sigmoid_losses(p);
 }
 
@@ -290,9 +291,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cuda(
     int64_t reduction,
     bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  FocalLossProblem p = make_problem(LossKind::SigmoidFocalStar, inputs, targets, alpha_per_class, weight, normalizer,
-                                    alpha, gamma, beta, host_scale, label_smoothing, ignore_index, reduction,
-                                    compute_grad);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocalStar, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma, beta,
+                   host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   return run_sigmoid_losses(p);
 }
 

@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(kThreads)
   using opmath_t = at::opmath_type<scalar_t>;
   const opmath_t loss_scale = loss_scale_of(a);
   const opmath_t grad_prescale = a.prescale_grad ? loss_scale : opmath_t(1);
-  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *grad_scale = a.prescale_grad ? opmath_t(1) : loss_scale;
+  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0)
+    *grad_scale = a.prescale_grad ? opmath_t(1) : loss_scale;
 
   const int lane = threadIdx.x % kWarpSize;
   const int64_t C = a.classes;
