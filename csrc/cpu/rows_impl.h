@@ -60,7 +60,7 @@ RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   const Vec beta(static_cast<opmath_t>(p.beta));
   const Vec keep(static_cast<opmath_t>(1 - p.smoothing));
   const Vec half_smoothing(static_cast<opmath_t>(p.smoothing / 2));
-  const Vec loss_factor(static_cast<opmath_t>(p.loss_factor));
+  const Vec loss_scale(static_cast<opmath_t>(p.loss_scale));
   const Vec zero(0);
   const Rule rule;
 
@@ -84,7 +84,7 @@ RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
       result.count += K;
     }
     const opmath_t w = weight != nullptr ? weight[r] : opmath_t(1);
-    const Vec grad_factor(static_cast<opmath_t>(w * p.grad_factor));
+    const Vec grad_prescale(static_cast<opmath_t>(w * p.grad_prescale));
     const Vec row_weight(w);
     for (int64_t k0 = 0; k0 < K; k0 += kWidth) {
       const int64_t n = std::min(kWidth, K - k0);
@@ -109,13 +109,13 @@ RowsResult rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
       const LossGrad<Vec> lg = rule(xv, tv, alpha_pos, alpha_neg, gamma, beta);
       const Vec loss = lg.loss * row_weight;
       if (loss_out != nullptr) {
-        store(loss_out + base + k0, loss * loss_factor, n);
+        store(loss_out + base + k0, loss * loss_scale, n);
       } else {
         // lanes past n hold the loss of padding zeros: keep them out of the sum
         acc = acc + (n == kWidth ? loss : Vec::set(zero, loss, n));
       }
       if (grad_out != nullptr) {
-        store(grad_out + base + k0, lg.grad * grad_factor, n);
+        store(grad_out + base + k0, lg.grad * grad_prescale, n);
       }
     }
   }
