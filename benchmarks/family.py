@@ -61,8 +61,8 @@ LOSSES = (
         (100_000, 1_000_000),
         (100_000,),
         (10_000,),
-        lambda x, y: sigmoid_focal_loss_star(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
-        lambda x, y: sigmoid_focal_loss_star_reference(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
+        lambda x, y: sigmoid_focal_loss_star(x, y, STAR_ALPHA, STAR_GAMMA, "mean", beta=STAR_BETA),
+        lambda x, y: sigmoid_focal_loss_star_reference(x, y, STAR_ALPHA, STAR_GAMMA, "mean", beta=STAR_BETA),
     ),
 )
 
