@@ -24,6 +24,15 @@ constexpr int kWarps = kThreads / 32;
 // 16-byte accesses: the widest single load/store instruction (LDG.E.128 / STG.E.128).
 constexpr int kAccessBytes = 16;
 
+// The two pieces of CUDA syntax a host C++ compiler cannot read, as macros, so that the kernels
+// also build as C++ against the emulated device (csrc/emu), which defines its own versions first.
+#ifndef FOCAL_LOSS_EXT_LAUNCH
+#define FOCAL_LOSS_EXT_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#endif
+#ifndef FOCAL_LOSS_EXT_SHARED_ARRAY
+#define FOCAL_LOSS_EXT_SHARED_ARRAY(type, name, size) __shared__ type name[size]
+#endif
+
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
@@ -36,10 +45,11 @@ bool aligned(const void* p) {
 int multiprocessor_count(int device) {
   // Read once per device: cudaDeviceGetAttribute does not synchronize, but it is not free.
   static int counts[64] = {};
-  if (device < 64 && counts[device] > 0) return counts[device];
+  const bool cached = device >= 0 && device < 64;
+  if (cached && counts[device] > 0) return counts[device];
   int count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < 64) counts[device] = count;
+  if (cached) counts[device] = count;
   return count;
 }
 
@@ -63,7 +73,7 @@ int64_t grid_for(int64_t work_items, int device, int blocks_per_sm) {
 // order); the result is valid in thread 0.
 template <typename T>
 __device__ T block_sum(T value) {
-  __shared__ T warp_sums[kWarps];
+  FOCAL_LOSS_EXT_SHARED_ARRAY(T, warp_sums, kWarps);
   for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;

@@ -58,8 +58,9 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
         aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax> : scale_grad_kernel<scalar_t, 1>;
     static const int blocks_per_sm = resident_blocks_per_sm(scale_grad_kernel<scalar_t, kVecMax>);
     const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device(), blocks_per_sm);
-    kernel<<<grid, kThreads, 0, stream>>>(grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-                                          grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
+    FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(grad_input.mutable_data_ptr<scalar_t>(),
+                                                             go.const_data_ptr<scalar_t>(),
+                                                             grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -148,7 +148,7 @@ int64_t launch_forward(const FocalLossProblem& p,
   const int64_t grid = grid_for(args.packs, device, blocks_per_sm);
   TORCH_INTERNAL_ASSERT(!partial_sums.defined() || grid <= partial_sums.numel());
   const bool reduce = p.reduction != Reduction::None;
-  kernel<<<grid, kThreads, 0, stream>>>(
+  FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(
       p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
       kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(FocalLossProbl
         vectorize ? launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, device, stream)
                   : launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, device, stream);
     if (reduce) {
-      finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+      FOCAL_LOSS_EXT_LAUNCH(finalize_kernel<scalar_t>, 1, kThreads, 0, stream)(
           partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
           p.loss.mutable_data_ptr<scalar_t>(), p.grad_scale.mutable_data_ptr<opmath_t>(), args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

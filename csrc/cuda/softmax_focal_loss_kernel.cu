@@ -167,7 +167,7 @@ void launch(const FocalLossProblem& p,
   const auto opts = p.inputs.options();
   at::Tensor partial_sums = reduce ? at::empty({grid}, opts.dtype(p.grad_scale.scalar_type())) : at::Tensor();
   at::Tensor partial_counts = reduce ? at::empty({grid}, opts.dtype(at::kLong)) : at::Tensor();
-  kernel<<<grid, kThreads, 0, stream>>>(
+  FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(
       p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
       kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
@@ -175,7 +175,7 @@ void launch(const FocalLossProblem& p,
       reduce ? partial_counts.mutable_data_ptr<int64_t>() : nullptr, p.grad_scale.mutable_data_ptr<opmath_t>(), args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (reduce) {
-    finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+    FOCAL_LOSS_EXT_LAUNCH(finalize_kernel<scalar_t>, 1, kThreads, 0, stream)(
         partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
         p.loss.mutable_data_ptr<scalar_t>(), p.grad_scale.mutable_data_ptr<opmath_t>(), args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
