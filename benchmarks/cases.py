@@ -106,7 +106,6 @@ IMPLEMENTATIONS = {
         Implementation("torchvision-compile", "float", _torchvision_compiled, compiled=True),
         Implementation("reference-int", "int", _reference_int),
     )
-    if impl.name != "reference-int" or sigmoid_focal_loss_reference is not torchvision_sigmoid_focal_loss
 }
 
 

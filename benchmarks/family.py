@@ -61,8 +61,8 @@ LOSSES = (
         (100_000, 1_000_000),
         (100_000,),
         (10_000,),
-        lambda x, y: sigmoid_focal_loss_star(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
-        lambda x, y: sigmoid_focal_loss_star_reference(x, y, STAR_GAMMA, STAR_BETA, STAR_ALPHA, "mean"),
+        lambda x, y: sigmoid_focal_loss_star(x, y, STAR_ALPHA, STAR_GAMMA, "mean", beta=STAR_BETA),
+        lambda x, y: sigmoid_focal_loss_star_reference(x, y, STAR_ALPHA, STAR_GAMMA, "mean", beta=STAR_BETA),
     ),
 )
 
@@ -81,10 +81,8 @@ def make_inputs(loss: Loss, rows: int, device: torch.device):
     generator = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(rows, loss.classes, generator=generator, device=device).requires_grad_()
     # softmax: one class per row; FL*: 2% of the anchors positive, the rest background (label K)
-    if loss.name == "softmax_focal_loss":
-        labels = torch.randint(0, loss.classes, (rows,), generator=generator, device=device)
-    else:
-        labels = torch.randint(0, loss.classes, (rows,), generator=generator, device=device)
+    labels = torch.randint(0, loss.classes, (rows,), generator=generator, device=device)
+    if loss.name == "sigmoid_focal_loss_star":
         background = torch.rand(rows, generator=generator, device=device) >= 0.02
         labels[background] = loss.classes
     return logits, labels

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# One H100 session: build, test, sanitize, benchmark. Run from the repository root:
+# One GPU session on an H100: build, test, sanitize, benchmark. Run from the repository root:
 #
 #   bash benchmarks/gpu_session.sh                  # all stages: build test sanitize bench
 #   bash benchmarks/gpu_session.sh build test       # some stages, in the order given
 #
 # Each stage prints one line (its log's tail when it fails); the last lines are the benchmark
 # table. Logs, results and plot are copied to $OUT (4 files: logs.tar.gz, .jsonl, .md, .png).
-# A device call is limited to 600 s and all stages may not fit in one: then run
-# `build test sanitize` in one call and `bench` in the next while the machine is still warm
-# (the installed package survives between calls on a warm machine, not on a fresh one).
+# Stages can be run separately, e.g. `build test sanitize` first and `bench` afterwards; the
+# build installs the package, so later stages on the same machine reuse it.
 set -uo pipefail
 
 OUT=${OUT:-/tmp/focal_loss_ext_session}
@@ -35,7 +34,8 @@ stage() {  # stage NAME COMMAND...: run COMMAND with its output in $LOGS/NAME.lo
 }
 
 build() {
-    # The H100 is sm_90; one architecture keeps the build short. No internet: no deps, no index.
+    # The H100 is sm_90; one architecture keeps the build short. --no-index: the machine may have
+    # no network, and the dependencies are expected to be installed already.
     TORCH_CUDA_ARCH_LIST=9.0 FOCAL_LOSS_EXT_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} \
         "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -v . || return 1
     # From the repository root the source tree shadows the installed package, and it has no
@@ -70,7 +70,7 @@ for name in "${stages[@]}"; do
         build) stage build build || break ;;  # nothing else can run without it
         test) stage test "$PYTHON" -m pytest -x -q tests ;;
         sanitize) stage sanitize sanitize ;;
-        bench) stage bench "$PYTHON" benchmarks/run.py --device cuda --out "$RESULTS" && bench_ok=1 ;;
+        bench) stage bench "$PYTHON" benchmarks/run.py --full --device cuda --out "$RESULTS" && bench_ok=1 ;;
         *) echo "unknown stage $name (build, test, sanitize, bench)"; exit 2 ;;
     esac
 done

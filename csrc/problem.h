@@ -13,8 +13,9 @@
 //   normalizer     an optional 0-dim tensor divisor, read on the device (no host synchronization).
 //   count          for "mean" with integer labels: the elements (softmax: rows) of non-ignored
 //                  rows, counted by the pass itself (divide_by_count).
-//   grad_prescale  the factor already multiplied into the stored grad_input: loss_scale when
-//                  prescale_grad, else 1 (float16, see below).
+//   grad_prescale  the factor already multiplied into the stored grad_input: when prescale_grad,
+//                  loss_scale without the count (the pass is still counting), else 1 (float16,
+//                  see below).
 //   grad_scale     what the backward still multiplies grad_input by, besides grad_output:
 //                  grad_prescale * grad_scale = loss_scale.
 //

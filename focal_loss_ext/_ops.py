@@ -105,32 +105,30 @@ def _make_backward(op):
     return backward
 
 
-def _recompute(op, ctx, saved):
-    x, targets, alpha_per_class, weight, normalizer = saved[:5]
-    _, grad_input, grad_scale = op(x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
-    return grad_input, grad_scale
-
-
 def _backward(op, ctx, grad_loss):
+    """One path: take the gradient the forward saved (or recompute it), then scale it by
+    grad_output * grad_scale -- in place in eager mode, functionally under a tracer."""
     nones = (None,) * (ctx.num_inputs - 1)
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) + nones
-    if not ctx.eager:
-        saved = ctx.saved_tensors
-        grad_input, grad_scale = saved[5], saved[6]
-        if grad_input.shape != saved[0].shape:  # forward ran without the gradient
-            grad_input, grad_scale = _recompute(op, ctx, saved)
-        if 0 < grad_loss.dim() < grad_input.dim():  # a per-row loss
-            grad_loss = grad_loss.unsqueeze(-1)
-        factor = grad_loss.to(grad_scale.dtype) * grad_scale
-        return ((grad_input.to(grad_scale.dtype) * factor).to(grad_input.dtype),) + nones
-    grad_input, grad_scale = ctx.grad_input, ctx.grad_scale
-    ctx.grad_input = None  # handed out below; a later backward must not see it again
+    if ctx.eager:
+        grad_input, grad_scale = ctx.grad_input, ctx.grad_scale
+        ctx.grad_input = None  # handed out below; a later backward must not see it again
+    else:
+        x, *_, grad_input, grad_scale = ctx.saved_tensors
+        if grad_input.shape != x.shape:  # the forward ran without the gradient
+            grad_input = None
     if grad_input is None:
-        # Second backward through a retained graph, or the forward ran without grad mode.
-        grad_input, grad_scale = _recompute(op, ctx, ctx.saved_tensors)
-    _OPS.scale_grad_(grad_input, grad_loss, grad_scale)
-    return (grad_input,) + nones
+        # The forward ran without the gradient, or a second backward through a retained graph.
+        x, targets, alpha_per_class, weight, normalizer = ctx.saved_tensors[:5]
+        _, grad_input, grad_scale = op(x, targets, alpha_per_class, weight, normalizer, *ctx.scalars, True)
+    if ctx.eager:
+        _OPS.scale_grad_(grad_input, grad_loss, grad_scale)
+        return (grad_input,) + nones
+    if 0 < grad_loss.dim() < grad_input.dim():  # a per-row loss
+        grad_loss = grad_loss.unsqueeze(-1)
+    factor = grad_loss.to(grad_scale.dtype) * grad_scale
+    return ((grad_input.to(grad_scale.dtype) * factor).to(grad_input.dtype),) + nones
 
 
 for _name, _per_row in _LOSS_OPS.items():

@@ -12,43 +12,149 @@ from . import _ops
 __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_star", "softmax_focal_loss"]
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# What a caller can get wrong, stated once and appended to the three docstrings (end of file).
+_RAISES = """
+    Raises:
+        TypeError: an argument of the wrong type or dtype (``inputs`` not a floating tensor,
+            ``targets`` neither floating nor integer, a non-floating ``alpha`` or ``weight``).
+        ValueError: a value or shape out of range (shapes that do not match ``inputs``, tensors
+            on another device, ``gamma``, ``label_smoothing``, ``reduction``, a zero
+            ``normalizer``, an operand that requires grad).
+        RuntimeError: an integer label outside the allowed range, which only the kernel sees
+            (CPU: an exception; CUDA: a device-side assert). The operators under
+            ``torch.ops.focal_loss_ext`` repeat every check above and raise RuntimeError.
+"""
 
 
-def _check_args(fn_name, inputs, targets, reduction, label_smoothing, gamma, gamma_min_exclusive=False, **tensors):
-    """The argument checks shared by the three losses (the C++ op repeats the ones it needs)."""
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+def _focal_loss(
+    loss_fn,
+    inputs,
+    targets,
+    alpha,
+    gamma,
+    reduction,
+    weight,
+    normalizer,
+    label_smoothing,
+    ignore_index,
+    beta=None,
+):
+    """check -> alpha -> normalizer -> op, the same for the three losses.
+
+    ``loss_fn`` is the public function, named as its operator; the softmax loss takes no scalar
+    alpha and FL* takes ``beta``, and the operators' scalar arguments follow that
+    (csrc/focal_loss.cpp).
+    """
+    name = loss_fn.__name__
+    for arg, t in (("targets", targets), ("weight", weight), ("alpha", alpha), ("normalizer", normalizer)):
+        if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{arg} requires grad, but {name} only differentiates inputs; "
+                f"pass {arg}.detach() (or use focal_loss_ext.reference for that gradient)"
+            )
+    per_row = name == "softmax_focal_loss"
+    _check_tensors(inputs, targets, weight, normalizer, per_row)
+    _check_scalars(name, reduction, gamma, label_smoothing, beta)
+    alpha_per_class, alpha_scalar = _alpha_args(name, alpha, inputs)
+    host_scale, normalizer_tensor = _normalizer_args(normalizer)
+    scalars = [] if per_row else [alpha_scalar]
+    scalars.append(float(gamma))
+    if beta is not None:
+        scalars.append(float(beta))
+    scalars += [host_scale, float(label_smoothing), int(ignore_index), _REDUCTIONS[reduction]]
+    compute_grad = torch.is_grad_enabled() and inputs.requires_grad
+    loss, _, _ = getattr(_ops._OPS, name)(
+        inputs, targets, alpha_per_class, weight, normalizer_tensor, *scalars, compute_grad
+    )
+    return loss
+
+
+def _check_tensors(inputs, targets, weight, normalizer, per_row):
+    for arg, t in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}")
+    if inputs.dtype not in _FLOATING:
+        raise TypeError(f"inputs must be a floating tensor (float32, float64, float16 or bfloat16), got {inputs.dtype}")
+    if inputs.dim() == 0:
+        raise ValueError("inputs must have shape (..., K) with K classes, got a 0-dim tensor")
+    shape, rows_shape = tuple(inputs.shape), tuple(inputs.shape[:-1])
+    if per_row and shape[-1] == 0:
+        raise ValueError(f"inputs must have at least one class (a softmax over an empty last dimension), got {shape}")
+    if targets.dtype.is_floating_point:
+        if tuple(targets.shape) != shape:
+            raise ValueError(
+                f"floating targets must have the same shape as inputs {shape}, got {tuple(targets.shape)} "
+                f"(integer targets take one label per row: shape {rows_shape})"
+            )
+    elif targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            "targets must be floating (same shape as inputs) or integer (one label per row, "
+            f"shape inputs.shape[:-1]), got dtype {targets.dtype}"
+        )
+    elif tuple(targets.shape) != rows_shape:
+        raise ValueError(
+            f"integer targets must have shape inputs.shape[:-1] = {rows_shape} (one label per row), "
+            f"got {tuple(targets.shape)}"
+        )
+    if weight is not None:
+        _check_vector("weight", weight, inputs, math.prod(rows_shape), "one per row, shape inputs.shape[:-1]")
+    if isinstance(normalizer, torch.Tensor):
+        if normalizer.dim() != 0:
+            raise ValueError(f"normalizer must be a number or a 0-dim tensor, got shape {tuple(normalizer.shape)}")
+        if normalizer.dtype.is_complex or normalizer.dtype == torch.bool:
+            raise TypeError(f"normalizer must be a real number, got dtype {normalizer.dtype}")
+    for arg, t in (("targets", targets), ("normalizer", normalizer)):
+        if isinstance(t, torch.Tensor) and t.device != inputs.device:
+            raise ValueError(f"{arg} must be on the same device as inputs ({inputs.device}), got {t.device}")
+
+
+def _check_vector(arg, t, inputs, length, meaning):
+    """A per-row or per-class operand: a floating tensor of `length` elements on inputs' device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != inputs.device:
+        raise ValueError(f"{arg} must be on the same device as inputs ({inputs.device}), got {t.device}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{arg} must be a floating tensor, got {t.dtype}")
+    if t.numel() != length:
+        raise ValueError(f"{arg} must have {length} elements ({meaning}), got shape {tuple(t.shape)}")
+
+
+def _check_scalars(name, reduction, gamma, label_smoothing, beta):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
-    if gamma_min_exclusive:
+    if name == "sigmoid_focal_loss_star":
         if not isinstance(gamma, numbers.Real) or not gamma > 0 or not math.isfinite(gamma):
             raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-    elif not isinstance(gamma, numbers.Real) or not gamma >= 0:
+        if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+            raise ValueError(f"beta must be a finite number, got {beta!r}")
+    elif not isinstance(gamma, numbers.Real) or not gamma >= 0 or not math.isfinite(gamma):
         raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
     if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    for name, t in dict(targets=targets, **tensors).items():
-        if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"{name} requires grad, but {fn_name} only differentiates inputs; "
-                f"pass {name}.detach() (or use focal_loss_ext.reference for that gradient)"
-            )
 
 
-def _alpha_args(alpha, inputs):
-    """(per-class alpha tensor or None, scalar alpha) for the op."""
-    if isinstance(alpha, torch.Tensor):
-        if alpha.dim() != 1:
-            classes = inputs.shape[-1] if inputs.dim() else "?"
-            raise ValueError(
-                f"alpha must be a float or a 1-D tensor of K = {classes} per-class values, "
-                f"got a tensor of shape {tuple(alpha.shape)}"
-            )
+def _alpha_args(name, alpha, inputs):
+    """(per-class alpha tensor or None, scalar alpha) for the op; the softmax loss has no scalar."""
+    classes = inputs.shape[-1]
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
+        _check_vector("alpha", alpha, inputs, classes, "one per class, K = inputs.shape[-1]")
         return alpha, -1.0
+    if name == "softmax_focal_loss":
+        if alpha is None:
+            return None, -1.0
+        raise ValueError(f"alpha must be None or a 1-D tensor of C = {classes} per-class weights, got {alpha!r:.60}")
+    if isinstance(alpha, torch.Tensor):
+        raise ValueError(
+            f"alpha must be a float or a 1-D tensor of K = {classes} per-class values, "
+            f"got a tensor of shape {tuple(alpha.shape)}"
+        )
     if not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a float or a 1-D tensor, got {type(alpha).__name__}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite (negative disables it), got {alpha!r}")
     return None, float(alpha)
 
 
@@ -61,10 +167,6 @@ def _normalizer_args(normalizer):
             raise ValueError(f"normalizer must be a nonzero number or a 0-dim tensor, got {normalizer!r}")
         return 1.0 / float(normalizer), None
     return 1.0, None
-
-
-def _compute_grad(inputs):
-    return torch.is_grad_enabled() and inputs.requires_grad
 
 
 def sigmoid_focal_loss(
@@ -113,44 +215,19 @@ def sigmoid_focal_loss(
         The loss: a 0-dim tensor for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``'
         dtype. Gradients flow to ``inputs`` only.
     """
-    _check_args(
-        "sigmoid_focal_loss",
-        inputs,
-        targets,
-        reduction,
-        label_smoothing,
-        gamma,
-        weight=weight,
-        alpha=alpha,
-        normalizer=normalizer,
+    return _focal_loss(
+        sigmoid_focal_loss, inputs, targets, alpha, gamma, reduction, weight, normalizer, label_smoothing, ignore_index
     )
-    alpha_per_class, alpha = _alpha_args(alpha, inputs)
-    host_scale, normalizer_tensor = _normalizer_args(normalizer)
-    loss, _, _ = _ops._OPS.sigmoid_focal_loss(
-        inputs,
-        targets,
-        alpha_per_class,
-        weight,
-        normalizer_tensor,
-        alpha,
-        float(gamma),
-        host_scale,
-        float(label_smoothing),
-        int(ignore_index),
-        _REDUCTIONS[reduction],
-        _compute_grad(inputs),
-    )
-    return loss
 
 
 def sigmoid_focal_loss_star(
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    gamma: float = 4.0,
-    beta: float = 0.0,
     alpha: float | torch.Tensor = 0.25,
+    gamma: float = 4.0,
     reduction: str = "none",
     *,
+    beta: float = 0.0,
     weight: torch.Tensor | None = None,
     normalizer: float | torch.Tensor | None = None,
     label_smoothing: float = 0.0,
@@ -162,8 +239,10 @@ def sigmoid_focal_loss_star(
     and ``FL* = -alpha_t log(p*_t) / gamma``, computed as a softplus of the logit. A soft target
     ``t`` in (0, 1) gives ``t FL*(positive) + (1 - t) FL*(negative)``.
 
-    Compared with ``fvcore.nn.sigmoid_focal_loss_star``: fvcore has no ``beta`` (it is ours with
-    ``beta=0``), and for soft targets it scales the logit by ``2t - 1`` instead of mixing the two
+    The positional order ``(inputs, targets, alpha, gamma, reduction)`` is that of
+    :func:`sigmoid_focal_loss`, torchvision and ``fvcore.nn.sigmoid_focal_loss_star``. Compared
+    with fvcore: fvcore has no ``beta`` (it is ours with ``beta=0``) and its defaults are
+    ``alpha=-1, gamma=1``, and for soft targets it scales the logit by ``2t - 1`` instead of mixing the two
     hard cases; the results agree for targets in {0, 1}.
 
     Args:
@@ -171,49 +250,30 @@ def sigmoid_focal_loss_star(
         targets: floating of ``inputs``' shape with values in [0, 1], or integer of shape
             ``inputs.shape[:-1]`` (one label per row: ``c`` in ``[0, K)`` positive, ``K``
             background, ``ignore_index`` ignored), as in :func:`sigmoid_focal_loss`.
-        gamma: the sharpness, ``> 0`` (the loss is divided by it). Default 4.0.
-        beta: the shift of the scaled logit. Default 0.0.
         alpha: weight of the positive term, negatives get ``1 - alpha``; a float (negative
             disables it) or a 1-D tensor of K per-class values. Default 0.25.
+        gamma: the sharpness, ``> 0`` (the loss is divided by it). Default 4.0.
         reduction: ``"none"`` (``inputs``' shape), ``"sum"`` or ``"mean"`` (as in
             :func:`sigmoid_focal_loss`). Default ``"none"``.
+        beta: the shift of the scaled logit; keyword-only. Default 0.0.
         weight, normalizer, label_smoothing, ignore_index: as in :func:`sigmoid_focal_loss`.
 
     Returns:
         The loss, 0-dim for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``' dtype.
     """
-    _check_args(
-        "sigmoid_focal_loss_star",
+    return _focal_loss(
+        sigmoid_focal_loss_star,
         inputs,
         targets,
-        reduction,
-        label_smoothing,
-        gamma,
-        gamma_min_exclusive=True,
-        weight=weight,
-        alpha=alpha,
-        normalizer=normalizer,
-    )
-    if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite number, got {beta!r}")
-    alpha_per_class, alpha = _alpha_args(alpha, inputs)
-    host_scale, normalizer_tensor = _normalizer_args(normalizer)
-    loss, _, _ = _ops._OPS.sigmoid_focal_loss_star(
-        inputs,
-        targets,
-        alpha_per_class,
-        weight,
-        normalizer_tensor,
         alpha,
-        float(gamma),
-        float(beta),
-        host_scale,
-        float(label_smoothing),
-        int(ignore_index),
-        _REDUCTIONS[reduction],
-        _compute_grad(inputs),
+        gamma,
+        reduction,
+        weight,
+        normalizer,
+        label_smoothing,
+        ignore_index,
+        beta=beta,
     )
-    return loss
 
 
 def softmax_focal_loss(
@@ -260,34 +320,10 @@ def softmax_focal_loss(
         The loss: 0-dim for ``"sum"``/``"mean"``, else shape ``inputs.shape[:-1]``; ``inputs``'
         dtype. Gradients flow to ``inputs`` only.
     """
-    _check_args(
-        "softmax_focal_loss",
-        inputs,
-        targets,
-        reduction,
-        label_smoothing,
-        gamma,
-        weight=weight,
-        alpha=alpha,
-        normalizer=normalizer,
+    return _focal_loss(
+        softmax_focal_loss, inputs, targets, alpha, gamma, reduction, weight, normalizer, label_smoothing, ignore_index
     )
-    if alpha is not None and not (isinstance(alpha, torch.Tensor) and alpha.dim() == 1):
-        raise ValueError(
-            f"alpha must be None or a 1-D tensor of C = {inputs.shape[-1] if inputs.dim() else '?'} "
-            f"per-class weights, got {alpha!r:.60}"
-        )
-    host_scale, normalizer_tensor = _normalizer_args(normalizer)
-    loss, _, _ = _ops._OPS.softmax_focal_loss(
-        inputs,
-        targets,
-        alpha,
-        weight,
-        normalizer_tensor,
-        float(gamma),
-        host_scale,
-        float(label_smoothing),
-        int(ignore_index),
-        _REDUCTIONS[reduction],
-        _compute_grad(inputs),
-    )
-    return loss
+
+
+for _loss in (sigmoid_focal_loss, sigmoid_focal_loss_star, softmax_focal_loss):
+    _loss.__doc__ = _loss.__doc__.rstrip() + "\n" + _RAISES

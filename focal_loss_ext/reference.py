@@ -56,11 +56,11 @@ def sigmoid_focal_loss_reference(
 def sigmoid_focal_loss_star_reference(
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    gamma: float = 4.0,
-    beta: float = 0.0,
     alpha: float | torch.Tensor = 0.25,
+    gamma: float = 4.0,
     reduction: str = "none",
     *,
+    beta: float = 0.0,
     weight: torch.Tensor | None = None,
     normalizer: float | torch.Tensor | None = None,
     label_smoothing: float = 0.0,

@@ -5,50 +5,9 @@ import torch
 from helpers import DEVICES, make_labels, make_logits, make_soft_targets
 from torch import nn
 
-import focal_loss_ext
 from focal_loss_ext import sigmoid_focal_loss
 
 OP = torch.ops.focal_loss_ext.sigmoid_focal_loss
-
-
-def op_samples(device):
-    x = make_logits((9, 7), torch.float32, device, requires_grad=True)
-    labels = make_labels((9,), 7, device)
-    soft = make_soft_targets((9, 7), torch.float32, device)
-    alpha = torch.rand(7, device=device)
-    weight = torch.rand(9, device=device)
-    norm = torch.tensor(3.0, device=device)
-    yield (x, labels, None, None, None, 0.25, 2.0, 1.0, 0.0, -1, 2, True)
-    yield (x, labels, alpha, weight, norm, 0.25, 0.5, 1.0, 0.1, -1, 1, True)
-    yield (x, soft, None, None, norm, -1.0, 1.0, 0.5, 0.0, -1, 0, True)
-    yield (x.detach(), soft, None, None, None, 0.25, 2.0, 1.0, 0.0, -1, 2, False)
-    yield (
-        make_logits((4, 3, 5), torch.float64, device, requires_grad=True),
-        make_labels((4, 3), 5, device),
-        None,
-        None,
-        None,
-        0.25,
-        3.0,
-        1.0,
-        0.0,
-        -1,
-        0,
-        True,
-    )
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    for args in op_samples(device):
-        utils = ["test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"]
-        if args[-1]:
-            # With compute_grad the eager backward scales the op's grad_input output in place and
-            # hands it to autograd (the zero-copy design in _ops.py), so opcheck's comparison of
-            # that output after backward against AOTDispatcher's copy cannot hold. The traced
-            # gradient itself is checked against eager in the torch.compile tests below.
-            utils.remove("test_aot_dispatch_dynamic")
-        torch.library.opcheck(OP, args, test_utils=utils)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -109,12 +68,3 @@ def test_compile_with_options_and_grad_output(device, reduction):
     out = torch.compile(f, fullgraph=True)(x, t, alpha, weight)
     (gx,) = torch.autograd.grad(out, x, g)
     torch.testing.assert_close(gx, gx_eager)
-
-
-def test_cuda_kernel_registered_when_built():
-    from focal_loss_ext import _C
-
-    has = torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CUDA")
-    assert has == bool(_C.with_cuda)
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CPU")
-    assert focal_loss_ext.__version__

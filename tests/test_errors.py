@@ -13,34 +13,34 @@ LABELS = torch.zeros(4, dtype=torch.long)
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(targets=torch.zeros(4, 2)), RuntimeError, r"floating targets must have the same shape as inputs"),
-        (dict(targets=torch.zeros(3, dtype=torch.long)), RuntimeError, r"integer targets must have shape"),
-        (dict(targets=torch.zeros(4, 3, dtype=torch.bool)), RuntimeError, r"targets must be floating .* or integer"),
-        (dict(targets=torch.zeros(4, 3, dtype=torch.complex64)), RuntimeError, r"targets must be floating"),
+        (dict(targets=torch.zeros(4, 2)), ValueError, r"floating targets must have the same shape as inputs"),
+        (dict(targets=torch.zeros(3, dtype=torch.long)), ValueError, r"integer targets must have shape"),
+        (dict(targets=torch.zeros(4, 3, dtype=torch.bool)), TypeError, r"targets must be floating .* or integer"),
+        (dict(targets=torch.zeros(4, 3, dtype=torch.complex64)), TypeError, r"targets must be floating"),
         (dict(targets=torch.tensor([0, 1, 3, 7])), RuntimeError, r"targets: label 7 is out of range"),
         (dict(targets=torch.tensor([0, -2, 1, 1])), RuntimeError, r"targets: label -2 is out of range"),
-        (dict(inputs=torch.zeros(4, 3, dtype=torch.long)), RuntimeError, r"inputs must be a floating tensor"),
+        (dict(inputs=torch.zeros(4, 3, dtype=torch.long)), TypeError, r"inputs must be a floating tensor"),
         (
             dict(inputs=torch.tensor(1.0), targets=torch.tensor(1.0)),
-            RuntimeError,
+            ValueError,
             r"inputs must have shape \(\.\.\., K\)",
         ),
         (dict(inputs=[[0.0]]), TypeError, r"inputs must be a torch.Tensor"),
         (dict(targets=[0, 1, 2, 0]), TypeError, r"targets must be a torch.Tensor"),
-        (dict(alpha=torch.ones(4)), RuntimeError, r"alpha must have 3 elements \(one per class"),
+        (dict(alpha=torch.ones(4)), ValueError, r"alpha must have 3 elements \(one per class"),
         (dict(alpha=torch.ones(3, 1)), ValueError, r"alpha must be a float or a 1-D tensor"),
-        (dict(alpha=torch.ones(3, dtype=torch.long)), RuntimeError, r"alpha must be a floating tensor"),
+        (dict(alpha=torch.ones(3, dtype=torch.long)), TypeError, r"alpha must be a floating tensor"),
         (dict(alpha="0.25"), TypeError, r"alpha must be a float or a 1-D tensor"),
         (dict(gamma=-0.5), ValueError, r"gamma must be a number >= 0"),
         (dict(gamma=float("nan")), ValueError, r"gamma must be a number >= 0"),
         (dict(label_smoothing=1.0), ValueError, r"label_smoothing must be in \[0, 1\)"),
         (dict(label_smoothing=-0.1), ValueError, r"label_smoothing must be in \[0, 1\)"),
         (dict(reduction="avg"), ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'avg'"),
-        (dict(weight=torch.ones(5)), RuntimeError, r"weight must have 4 elements \(one per row"),
-        (dict(weight=torch.ones(4, dtype=torch.long)), RuntimeError, r"weight must be a floating tensor"),
+        (dict(weight=torch.ones(5)), ValueError, r"weight must have 4 elements \(one per row"),
+        (dict(weight=torch.ones(4, dtype=torch.long)), TypeError, r"weight must be a floating tensor"),
         (dict(normalizer=0), ValueError, r"normalizer must be a nonzero number or a 0-dim tensor"),
-        (dict(normalizer=torch.ones(2)), RuntimeError, r"normalizer must be a number or a 0-dim tensor"),
-        (dict(normalizer=torch.tensor(True)), RuntimeError, r"normalizer must be a real number"),
+        (dict(normalizer=torch.ones(2)), ValueError, r"normalizer must be a number or a 0-dim tensor"),
+        (dict(normalizer=torch.tensor(True)), TypeError, r"normalizer must be a real number"),
         (dict(targets=torch.zeros(4, 3, requires_grad=True)), ValueError, r"targets requires grad"),
     ],
 )
@@ -71,18 +71,18 @@ def test_bad_input_through_the_raw_op():
 @pytest.mark.parametrize("device", DEVICES)
 def test_mixed_devices(device):
     x = torch.zeros(4, 3, device="cuda")
-    with pytest.raises(RuntimeError, match=r"targets must be on the same device as inputs"):
+    with pytest.raises(ValueError, match=r"targets must be on the same device as inputs"):
         sigmoid_focal_loss(x, LABELS)
-    with pytest.raises(RuntimeError, match=r"alpha must be on the same device as inputs"):
+    with pytest.raises(ValueError, match=r"alpha must be on the same device as inputs"):
         sigmoid_focal_loss(x, LABELS.cuda(), torch.ones(3))
-    with pytest.raises(RuntimeError, match=r"weight must be on the same device as inputs"):
+    with pytest.raises(ValueError, match=r"weight must be on the same device as inputs"):
         sigmoid_focal_loss(x, LABELS.cuda(), weight=torch.ones(4))
-    with pytest.raises(RuntimeError, match=r"normalizer must be on the same device as inputs"):
+    with pytest.raises(ValueError, match=r"normalizer must be on the same device as inputs"):
         sigmoid_focal_loss(x, LABELS.cuda(), normalizer=torch.tensor(2.0))
 
 
 def test_mixed_devices_meta():
     """Device mismatches are caught on every machine, with the meta device standing in for a GPU."""
     x = torch.zeros(4, 3, device="meta")
-    with pytest.raises(RuntimeError, match=r"targets must have|same device|device"):
+    with pytest.raises(ValueError, match=r"targets must have|same device|device"):
         sigmoid_focal_loss(x, LABELS)

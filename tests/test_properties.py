@@ -1,8 +1,9 @@
 """Property tests (hypothesis) against float64 identities."""
 
+import pytest
 import torch
 import torch.nn.functional as F
-from helpers import HAS_CUDA, seeded_logits
+from helpers import seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,13 +61,12 @@ def test_labels_equal_one_hot(shape, gamma, alpha, seed, reduction, smoothing):
         assert torch.allclose(gx, gd) and (gx[~keep] == 0).all()
 
 
-if HAS_CUDA:
-
-    @SETTINGS
-    @given(shapes, gammas, alphas, st.integers(0, 2**31))
-    def test_cpu_equals_cuda(shape, gamma, alpha, seed):
-        x = seeded_logits(shape, seed, 5.0, torch.float32)
-        labels = torch.randint(0, shape[1] + 1, (shape[0],), generator=torch.Generator().manual_seed(seed))
-        cpu = sigmoid_focal_loss(x, labels, alpha, gamma, "sum")
-        gpu = sigmoid_focal_loss(x.cuda(), labels.cuda(), alpha, gamma, "sum").cpu()
-        torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-6)
+@pytest.mark.cuda
+@SETTINGS
+@given(shapes, gammas, alphas, st.integers(0, 2**31))
+def test_cpu_equals_cuda(shape, gamma, alpha, seed):
+    x = seeded_logits(shape, seed, 5.0, torch.float32)
+    labels = torch.randint(0, shape[1] + 1, (shape[0],), generator=torch.Generator().manual_seed(seed))
+    cpu = sigmoid_focal_loss(x, labels, alpha, gamma, "sum")
+    gpu = sigmoid_focal_loss(x.cuda(), labels.cuda(), alpha, gamma, "sum").cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,5 @@
-// Launch sizing, fixed-order reductions and the one-block finalize kernel that the CUDA
-// kernels of the focal-loss family share. Everything is file-local to each including .cu.
+// Launch sizing and fixed-order reductions, shared by the CUDA kernels of the focal-loss family.
+// Everything is file-local to each including .cu.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -99,42 +99,6 @@ template <typename T>
 __device__ __forceinline__ T warp_all_max(T value) {
   for (int offset = 16; offset > 0; offset /= 2) value = math::max(value, __shfl_xor_sync(0xffffffffu, value, offset));
   return value;
-}
-
-// loss_scale without the count (problem.h): host_scale over the device normalizer, if any.
-// Args is any kernel-argument struct with normalizer and host_scale members.
-template <typename Args>
-__device__ __forceinline__ auto loss_scale_of(const Args& a) {
-  return a.normalizer != nullptr ? a.host_scale / *a.normalizer : a.host_scale;
-}
-
-// One block: sums the partials in a fixed order and writes the loss and grad_scale. Args also
-// needs prescale_grad and divide_by_count.
-template <typename scalar_t, typename Args>
-__global__ void __launch_bounds__(kThreads) finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial_sums,
-                                                            const int64_t* __restrict__ partial_counts,
-                                                            int64_t partials,
-                                                            scalar_t* __restrict__ loss,
-                                                            at::opmath_type<scalar_t>* __restrict__ grad_scale,
-                                                            const Args a) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  opmath_t sum = 0;
-  int64_t count = 0;
-  for (int64_t i = threadIdx.x; i < partials; i += kThreads) {
-    sum += partial_sums[i];
-    count += partial_counts[i];
-  }
-  sum = block_sum(sum);
-  if (a.divide_by_count) count = block_sum(count);
-  if (threadIdx.x != 0) return;
-  const opmath_t loss_scale = loss_scale_of(a);
-  opmath_t scale = a.prescale_grad ? opmath_t(1) : loss_scale;
-  if (a.divide_by_count) {
-    sum /= static_cast<opmath_t>(count);  // NaN when every row is ignored, as for an empty mean
-    scale = count > 0 ? scale / static_cast<opmath_t>(count) : opmath_t(0);
-  }
-  *loss = static_cast<scalar_t>(sum * loss_scale);
-  *grad_scale = scale;
 }
 
 }  // namespace
