@@ -55,7 +55,8 @@ def _generalized_box_iou_loss(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7)
     x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
     width = torch.min(x2, x2g) - torch.max(x1, x1g)
     height = torch.min(y2, y2g) - torch.max(y1, y1g)
-    intersection = torch.where((height > 0) & (width > 0), width * height, 0.0)
+    # torchvision stores the intersection in boxes1's dtype (it matters under autocast).
+    intersection = torch.where((height > 0) & (width > 0), width * height, 0.0).to(x1.dtype)
     union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - intersection
     iou = intersection / (union + eps)
     enclosing = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
