@@ -168,13 +168,12 @@ class FusedFCOSLoss:
         }
 
     def _centerness_targets(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
-        distances = self.box_coder.encode(anchors, gt_boxes)  # (N, points, 4): left, top, right, bottom
-        if len(distances) == 0:
-            return distances.new_zeros(distances.shape[:-1])
-        left_right, top_bottom = distances[:, :, [0, 2]], distances[:, :, [1, 3]]
+        # torchvision's formula; its distances[:, :, [0, 2]] would copy an index list to the device
+        # and wait for it, min/max of a pair is the same.
+        left, top, right, bottom = self.box_coder.encode(anchors, gt_boxes).unbind(dim=-1)
         return torch.sqrt(
-            (left_right.min(dim=-1).values / left_right.max(dim=-1).values)
-            * (top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values)
+            (torch.minimum(left, right) / torch.maximum(left, right))
+            * (torch.minimum(top, bottom) / torch.maximum(top, bottom))
         )
 
 
