@@ -8,6 +8,7 @@ backbone.
 import contextlib
 import copy
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -384,3 +385,20 @@ def test_importable_without_torchvision():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "needs torchvision"
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs(tmp_path):
+    """benchmarks/torchvision_retinanet.py at a toy size: it writes its rows and table (no timing claims)."""
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "benchmarks/torchvision_retinanet.py", "--device", "cpu", "--threads", "1"]
+    command += ["--batches", "1", "--image-size", "64", "--train-size", "64", "--train-batches", "1"]
+    command += ["--loss-reps", "1", "--train-reps", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (rows_file,) = tmp_path.glob("torchvision-retinanet-cpu-*.json")
+    rows = json.loads(rows_file.read_text())
+    assert {(r["measure"], r["impl"]) for r in rows} == {(m, i) for m in ("loss", "train") for i in ("stock", "fused")}
+    assert all(r["median_ms"] > 0 and r["speedup_median"] > 0 for r in rows)
+    assert "| loss | 1 |" in rows_file.with_suffix(".md").read_text()
