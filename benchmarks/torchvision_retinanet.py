@@ -52,7 +52,9 @@ def parse_args(argv):
     parser.add_argument("--train-size", type=int, default=None, help="square input of the training step (800)")
     parser.add_argument("--train-batches", default=None, help="batch sizes of the training step (--batches)")
     parser.add_argument("--train-reps", type=int, default=None, help="timed repetitions (default CPU 2, CUDA 10)")
+    parser.add_argument("--skip-loss", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--tag", default="", help="appended to the output files' names")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -233,15 +235,15 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     env = report.environment(device, args.threads)
-    total = len(args.batches) * 2 * args.loss_reps + (
-        0 if args.skip_train else len(args.train_batches) * 2 * args.train_reps
-    )
+    loss_batches = [] if args.skip_loss else args.batches
+    train_batches = [] if args.skip_train else args.train_batches
+    total = 2 * (len(loss_batches) * args.loss_reps + len(train_batches) * args.train_reps)
     progress = Progress(total)
     load_before = os.getloadavg()[0]
     rows = []
 
     model = make_model(args.num_classes, args.image_size, device)
-    for batch in args.batches:
+    for batch in loss_batches:
         progress.describe(f"loss, batch {batch}")
         steps, anchors, inputs = loss_case(model, batch, args, device)
         loss_value = check_same_loss(model, inputs)
@@ -253,10 +255,10 @@ def main(argv=None):
         del steps, inputs
         progress.write(table(rows[-2:]))
 
-    if not args.skip_train:
+    if train_batches:
         del model
         model = make_model(args.num_classes, args.train_size, device)
-        for batch in args.train_batches:
+        for batch in train_batches:
             progress.describe(f"train step, batch {batch}")
             steps = train_case(model, batch, args, device)
             times = interleaved(steps, args.train_reps, device, progress)
@@ -268,30 +270,35 @@ def main(argv=None):
 
     rows = [row | env for row in rows]
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "torchvision-retinanet-" + report.output_stem(env, quick=False)
+    stem = "torchvision-retinanet-" + report.output_stem(env, quick=False) + (f"-{args.tag}" if args.tag else "")
     command = "python benchmarks/torchvision_retinanet.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
     memory_method = timing.CPU_MEMORY_METHOD if device.type == "cpu" else timing.CUDA_MEMORY_METHOD
-    text = "\n".join(
-        [
-            f"# torchvision RetinaNet: stock vs fuse_focal_loss ({env['device_name']})",
-            "",
-            f"`{command.strip()}` — torch {env['torch']}, {args.threads} threads on CPU, commit "
-            f"{report.short_commit(env)}, {env['date']}.",
-            "",
-            table(rows),
-            "",
+    lines = [
+        f"# torchvision RetinaNet: stock vs fuse_focal_loss ({env['device_name']})",
+        "",
+        f"`{command.strip()}` — torch {env['torch']}, {args.threads} CPU thread(s), commit "
+        f"{report.short_commit(env)}, {env['date']}.",
+        "",
+        table(rows),
+        "",
+    ]
+    if loss_batches:
+        lines.append(
             f"- loss: `RetinaNetClassificationHead.compute_loss` forward + backward, {args.image_size} px "
             f"({rows[0]['anchors_per_image']:,} anchors per image), {args.num_classes} classes, "
-            f"{args.boxes} random boxes per image matched by the model's matcher, float32.",
-            f"- train: `retinanet_resnet50_fpn` SGD step at {args.train_size} px, float32, random weights.",
-            f"- Medians of {args.loss_reps} (loss) / {args.train_reps} (train) calls after one warm-up, stock "
-            "and fused alternating; the speed-up is per repetition, median (min–max).",
-            f"- Peak: {memory_method}, one call.",
-            f"- Load average before / after: {load[0]:.1f} / {load[1]:.1f} (a shared machine: the spread of the "
-            "ratios says how much to trust them).",
-        ]
-    )
+            f"{args.boxes} random boxes per image matched by the model's matcher, float32."
+        )
+    if train_batches:
+        lines.append(f"- train: `retinanet_resnet50_fpn` SGD step at {args.train_size} px, float32, random weights.")
+    lines += [
+        f"- Medians of {args.loss_reps} (loss) / {args.train_reps} (train) calls after one warm-up, stock "
+        "and fused alternating; the speed-up is per repetition, median (min–max).",
+        f"- Peak: {memory_method}, one call.",
+        f"- Load average before / after: {load[0]:.1f} / {load[1]:.1f} (a shared machine: the spread of the "
+        "ratios says how much to trust them).",
+    ]
+    text = "\n".join(lines)
     (args.out / f"{stem}.md").write_text(text + "\n")
     print(f"wrote {args.out / stem}.json, .md\n")
     print(table(rows))
