@@ -272,6 +272,13 @@ class Progress:
         if self.bar is not None:
             self.bar.update()
 
+    def write(self, text: str) -> None:
+        """Print a line without breaking the bar (benchmarks/torchvision_retinanet.py's running table)."""
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
