@@ -3,6 +3,7 @@
     python -m detector.ablation --list                     # the rows
     python -m detector.ablation                            # every row, seeds 0 1 2
     python -m detector.ablation --rows b-gamma2 a-alpha0.75 --seeds 0 --steps 20
+    python -m detector.ablation --shard 0/2 & python -m detector.ablation --shard 1/2  # 2 cores
 
 Every run trains the same model on the same `digits-dense` data with the same step
 budget and differs only in the row's overrides; then it is scored on the fixed test
@@ -21,6 +22,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +61,8 @@ def _grid() -> list[Row]:
 
 
 GRID = _grid()
-DEFAULT_STEPS = 300
-DEFAULT_BATCH = 8
+DEFAULT_STEPS = 1000
+DEFAULT_BATCH = 4
 
 
 def base_config(steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH) -> Config:
@@ -156,20 +158,31 @@ def select_rows(patterns: list[str] | None) -> list[Row]:
     return chosen
 
 
-def run_grid(rows: list[Row], seeds: list[int], output_dir: Path, base: Config) -> list[dict]:
-    """Run what is not yet in results.jsonl, seed-major; returns the new result rows."""
+def run_grid(
+    rows: list[Row], seeds: list[int], output_dir: Path, base: Config, shard: tuple[int, int] = (0, 1)
+) -> list[dict]:
+    """Run what is not yet in results.jsonl, seed-major; returns the new result rows.
+
+    shard (i, n): take every n-th run of the grid starting at the i-th, so n runners
+    side by side share one grid (and one results file, appended a line at a time).
+    """
     steps = base.train.max_steps
     output_dir.mkdir(parents=True, exist_ok=True)
     results = output_dir / "results.jsonl"
     done = finished_runs(results)
-    todo = [(row, seed) for seed in seeds for row in rows if (row.name, seed, steps) not in done]
-    print(f"{len(rows) * len(seeds) - len(todo)} runs already done, {len(todo)} to go", flush=True)
+    grid = [(row, seed) for seed in seeds for row in rows][shard[0] :: shard[1]]
+    todo = [(row, seed) for row, seed in grid if (row.name, seed, steps) not in done]
+    print(f"{len(grid) - len(todo)} runs already done, {len(todo)} to go", flush=True)
     test_images = KeptImages(build_dataset(base.data, "test"))
     train_images, images_seed, new, clock = None, None, [], time.perf_counter()
     for number, (row, seed) in enumerate(todo, 1):
         if seed != images_seed:  # only one seed's images are kept at a time
             train_images, images_seed = KeptImages(build_dataset(base.data, "train")), seed
-        result = run_one(run_config(base, row, seed, output_dir), row, train_images, test_images)
+        try:
+            result = run_one(run_config(base, row, seed, output_dir), row, train_images, test_images)
+        except Exception:  # one broken run must not stop the grid; a restart retries it
+            traceback.print_exc()
+            continue
         with open(results, "a") as f:
             f.write(json.dumps(result) + "\n")
         new.append(result)
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--output-dir", default="runs/ablation")
+    parser.add_argument("--shard", default="0/1", help="i/n: this runner's share when n run side by side")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     args = parser.parse_args(argv)
     rows = select_rows(args.rows)
@@ -198,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             print(f"{row.table:>5}  {row.name:<14} {json.dumps(row.model)}")
         return
-    run_grid(rows, args.seeds, Path(args.output_dir), base_config(args.steps, args.batch_size))
+    index, count = map(int, args.shard.split("/"))
+    run_grid(rows, args.seeds, Path(args.output_dir), base_config(args.steps, args.batch_size), (index, count))
 
 
 if __name__ == "__main__":
