@@ -61,7 +61,7 @@ def _grid() -> list[Row]:
 
 
 GRID = _grid()
-DEFAULT_STEPS = 1000
+DEFAULT_STEPS = 500
 DEFAULT_BATCH = 4
 
 
