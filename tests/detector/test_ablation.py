@@ -52,8 +52,8 @@ def test_grid_has_the_papers_rows():
     assert [r.name for r in select_rows(["d-*"])] == ["d-ohem128", "d-ohem128-1:3", "d-ohem512", "d-ohem512-1:3"]
 
 
-def test_runner_writes_one_line_per_run_and_resume_skips_finished_runs(tiny_config, tmp_path):
-    tiny_config.train.loss = "torchvision"
+def test_runner_writes_one_line_per_run_and_resume_skips_finished_runs(fast_config, tmp_path):
+    tiny_config = fast_config
     tiny_config.train.max_steps = 2
     tiny_config.train.log_every = 1
     rows = select_rows(["a-alpha0.25", "b-gamma2"])
