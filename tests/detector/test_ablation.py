@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from detector.ablation import GRID, run_grid, select_rows
@@ -69,3 +70,23 @@ def test_runner_writes_one_line_per_run_and_resume_skips_finished_runs(fast_conf
     assert second[0]["overrides"] == {"focal_gamma": 2.0, "focal_alpha": 0.25}
     assert run_grid(rows, [0], tmp_path / "grid", tiny_config) == []
     assert [json.loads(x)["row"] for x in results.read_text().splitlines()] == ["a-alpha0.25", "b-gamma2"]
+
+
+def test_ohem_loss_is_plain_cross_entropy_over_the_selected_anchors():
+    pytest.importorskip("focal_loss_ext._C", reason="needs the built extension")
+    from detector.losses import ohem_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 8, K, requires_grad=True)
+    labels = torch.tensor([[0, 3, 3, -1, 2, 3, 3, 1], [3, 3, 1, 3, 3, 0, -1, 3]])
+    anchors = torch.tensor([[10.0 * i, 0, 10.0 * i + 8, 8] for i in range(8)])
+    normalizer = torch.tensor(5.0)
+    loss = ohem_cross_entropy(logits, labels, anchors, normalizer, num_keep=3)
+    one_hot = torch.nn.functional.one_hot(labels.clamp(min=0), K + 1)[..., :K].float()
+    per_anchor = torch.nn.functional.binary_cross_entropy_with_logits(logits, one_hot, reduction="none").sum(-1)
+    per_anchor = per_anchor.masked_fill(labels < 0, -1.0)  # never selected
+    top = per_anchor.detach().topk(3, dim=1).indices  # the anchors do not overlap: NMS drops none
+    expected = per_anchor.gather(1, top).sum() / normalizer
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert (logits.grad[labels < 0] == 0).all() and (logits.grad.abs().sum(-1) > 0).sum() == 6
