@@ -16,7 +16,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from detector.ablation import GRID
+from detector.ablation import DEFAULT_STEPS, GRID
 
 # Lin et al. 2017, Table 1 (COCO minival; a, b: ResNet-50-FPN; d: ResNet-101-FPN): AP, AP50, AP75.
 PAPER = {
@@ -113,6 +113,22 @@ def tables(runs: dict) -> str:
     )
 
 
+def other_budgets(everything: dict, steps: int) -> str:
+    """Runs at any other step budget (e.g. the tuning runs), one line each."""
+    others = sorted(
+        (r for rs in everything.values() for r in rs if r["steps"] != steps), key=lambda r: (r["steps"], r["row"])
+    )
+    if not others:
+        return ""
+    lines = ["| row | seed | steps x images | AP | AP50 | AP75 |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in others:
+        lines.append(
+            f"| {r['row']} | {r['seed']} | {r['steps']} x {r['images'] // r['steps']} | "
+            f"{100 * r['AP']:.1f} | {100 * r['AP50']:.1f} | {100 * r['AP75']:.1f} |"
+        )
+    return "\n**Other budgets** (single runs, not part of the grid)\n\n" + "\n".join(lines) + "\n"
+
+
 def plot_ap(runs: dict, png: Path) -> None:
     from detector.plots import plt
 
@@ -173,24 +189,23 @@ def plot_prior_init(run_root: Path, png: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs/ablation")
-    parser.add_argument("--steps", type=int, default=0, help="the budget whose run folders to plot; default the latest")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="the budget to tabulate and plot")
     parser.add_argument("--report", default="docs/ablation.md")
     parser.add_argument("--figures", default="docs/ablation")
     args = parser.parse_args(argv)
     runs_dir, figures = Path(args.runs), Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(runs_dir / "results.jsonl", figures / "results.jsonl")
-    runs = load(figures / "results.jsonl")
-    steps = args.steps or max(r["steps"] for rs in runs.values() for r in rs)
-    runs = {name: [r for r in rs if r["steps"] == steps] for name, rs in runs.items()}
+    everything = load(figures / "results.jsonl")
+    runs = {name: [r for r in rs if r["steps"] == args.steps] for name, rs in everything.items()}
     plot_ap(runs, figures / "ap.png")
-    plot_prior_init(runs_dir / f"steps{steps}", figures / "prior_init.png")
+    plot_prior_init(runs_dir / f"steps{args.steps}", figures / "prior_init.png")
+    text = tables(runs) + other_budgets(everything, args.steps)
     report = Path(args.report)
-    text = report.read_text() if report.exists() else f"{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    text = head + START + "\n" + tables(runs) + END + rest.split(END, 1)[1]
-    report.write_text(text)
-    print(tables(runs))
+    old = report.read_text() if report.exists() else f"{START}\n{END}\n"
+    head, rest = old.split(START, 1)
+    report.write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
+    print(text)
 
 
 if __name__ == "__main__":
