@@ -115,6 +115,24 @@ def box_regression_loss(
     return (per_anchor * positive.to(per_anchor.dtype)).sum() / normalizer
 
 
+_OVERLAPS: dict[tuple[bytes, float], bool] = {}
+
+
+def _any_overlap_above(boxes: Tensor, threshold: float) -> bool:
+    """Whether NMS at `threshold` could drop any of `boxes`; cached, since the anchors repeat every step.
+
+    RetinaNet's anchors never overlap above 0.7 (scales 2^(1/3) apart, aspect ratios 2 apart),
+    and NMS over them costs more than the rest of a CPU training step.
+    """
+    key = (boxes.detach().cpu().numpy().tobytes(), threshold)
+    if key not in _OVERLAPS:
+        if len(_OVERLAPS) > 8:
+            _OVERLAPS.clear()
+        iou = torchvision.ops.box_iou(boxes.float(), boxes.float()).fill_diagonal_(0)
+        _OVERLAPS[key] = bool((iou > threshold).any())
+    return _OVERLAPS[key]
+
+
 @torch.no_grad()
 def ohem_selection(
     anchor_loss: Tensor,

@@ -90,3 +90,21 @@ def test_ohem_loss_is_plain_cross_entropy_over_the_selected_anchors():
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert (logits.grad[labels < 0] == 0).all() and (logits.grad.abs().sum(-1) > 0).sum() == 6
+
+
+def test_ohem_without_overlapping_boxes_skips_nms_and_agrees_with_it(monkeypatch):
+    import detector.losses
+    from detector.anchors import AnchorGenerator
+
+    # RetinaNet's anchors: no two overlap above IoU 0.7, so NMS at 0.7 keeps them all.
+    anchors = torch.cat(AnchorGenerator((8, 16, 32, 64, 128), 2.0)([(12, 12), (6, 6), (3, 3), (2, 2), (1, 1)]))
+    assert not detector.losses._any_overlap_above(anchors, 0.7)
+    assert detector.losses._any_overlap_above(anchors, 0.5)
+    torch.manual_seed(0)
+    loss = torch.rand(2, len(anchors))
+    labels = torch.randint(-1, K + 1, (2, len(anchors)))
+    fast = [ohem_selection(loss, labels, anchors, K, 128, ratio) for ratio in (0.0, 3.0)]
+    monkeypatch.setattr(detector.losses, "_any_overlap_above", lambda boxes, threshold: True)
+    for ratio, selected in zip((0.0, 3.0), fast):
+        assert torch.equal(selected, ohem_selection(loss, labels, anchors, K, 128, ratio))
+    assert fast[0].sum() == 2 * 128
