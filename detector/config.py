@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
+    # "digits" (the defaults below) or "digits-dense": `--dataset digits-dense` first
+    # sets the fields in DATASET_PRESETS, then any other flag overrides them.
+    dataset: str = "digits"
     canvas_size: int = 160
     # Side of a digit's box, sqrt(w * h), drawn log-uniformly so that COCO's small
     # (< 32 px), medium and large (> 96 px) objects all occur.
@@ -22,6 +25,15 @@ class DataConfig:
     max_object_size: float = 128.0
     min_digits: int = 2
     max_digits: int = 5
+    # Largest IoU a digit's box may have with an earlier one; 0 keeps boxes 2 px apart.
+    max_overlap_iou: float = 0.0
+    # Hard negatives per image: digit fragments, pen strokes and ink blobs in digit colours.
+    min_distractors: int = 0
+    max_distractors: int = 0
+    # Background photo/noise is scaled by a factor drawn from this range, digit ink
+    # colour from the next one: their gap is the contrast.
+    background_brightness: tuple[float, ...] = (0.3, 0.65)
+    ink_brightness: tuple[float, ...] = (0.75, 1.0)
     # Fraction of the 1797 scikit-learn digits reserved for the test images.
     test_digit_fraction: float = 0.25
     num_test_images: int = 300
@@ -31,6 +43,35 @@ class DataConfig:
     coco_annotations: str = ""
     coco_test_images: str = ""
     coco_test_annotations: str = ""
+
+
+# The harder task of docs/ablation.md: many small, overlapping, low-contrast digits
+# among hard negatives, on a smaller canvas (statistics in detector/README.md).
+DATASET_PRESETS = {
+    "digits": {},
+    "digits-dense": dict(
+        canvas_size=96,
+        min_object_size=16.0,
+        max_object_size=40.0,
+        min_digits=3,
+        max_digits=8,
+        max_overlap_iou=0.2,
+        min_distractors=0,
+        max_distractors=2,
+        background_brightness=(0.15, 0.45),
+        ink_brightness=(0.75, 1.0),
+        num_test_images=150,
+    ),
+}
+
+
+def apply_dataset_preset(config: DataConfig, name: str) -> DataConfig:
+    if name not in DATASET_PRESETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASET_PRESETS)}, got {name!r}")
+    config.dataset = name
+    for key, value in DATASET_PRESETS[name].items():
+        setattr(config, key, value)
+    return config
 
 
 @dataclass
@@ -53,6 +94,11 @@ class ModelConfig:
     bg_iou_threshold: float = 0.4
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # Online hard example mining instead of the focal loss (docs/ablation.md, table d):
+    # keep this many anchors per image (0 = off), at most this many negatives per positive (0 = any).
+    ohem_keep: int = 0
+    ohem_negatives_per_positive: float = 0.0
+    ohem_nms_threshold: float = 0.7
     box_loss: str = "smooth_l1"  # "smooth_l1", "l1" or "giou"
     smooth_l1_beta: float = 0.1
     score_threshold: float = 0.05
@@ -79,6 +125,9 @@ class TrainConfig:
     # splits one run into chunks on preemptible machines, and lets tests resume.
     stop_at_step: int = 0
     grad_clip: float = 10.0
+    # Seeds the weights' initialization and picks the training images: seed s reads
+    # images s * 2**24 onward, so seeds see disjoint images; the test set stays fixed.
+    train_seed: int = 0
     output_dir: str = "runs/default"
     checkpoint_every: int = 200
     log_every: int = 20
@@ -130,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_arguments(args: argparse.Namespace, base: Config | None = None) -> Config:
     config = base or Config()
+    if getattr(args, "dataset", None) is not None:
+        apply_dataset_preset(config.data, args.dataset)
     for section in (config.data, config.model, config.train):
         for f in dataclasses.fields(section):
             value = getattr(args, f.name, None)

@@ -58,7 +58,7 @@ def digit_split(seed: int, test_fraction: float) -> dict[str, np.ndarray]:
 
 
 class DigitCanvas(torch.utils.data.Dataset):
-    """Images of `canvas_size` px with 2-5 digits each; targets in absolute xyxy pixels."""
+    """Images of `canvas_size` px with min-max digits each; targets in absolute xyxy pixels."""
 
     num_classes = 10
 
@@ -78,6 +78,7 @@ class DigitCanvas(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.config.seed, _SPLIT_IDS[self.split], index])
         size = self.config.canvas_size
         image = self._background(rng, size)
+        self._draw_distractors(rng, image)
         boxes, labels = self._paste_digits(rng, image)
         target = {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -100,8 +101,9 @@ class DigitCanvas(torch.utils.data.Dataset):
             coarse = torch.from_numpy(rng.random((1, 3, 6, 6), dtype=np.float32))
             background = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
             background += torch.from_numpy(rng.normal(0.0, 0.05, (3, size, size)).astype(np.float32))
-        # Dimmed so that the bright digits stay visible on any background.
-        return (background * float(rng.uniform(0.3, 0.65))).clamp_(0.0, 1.0)
+        # Dimmed so that the brighter digits stay visible on any background.
+        low, high = self.config.background_brightness
+        return (background * float(rng.uniform(low, high))).clamp_(0.0, 1.0)
 
     def _paste_digits(self, rng: np.random.Generator, image: torch.Tensor) -> tuple[list, list]:
         glyphs, all_labels = _digit_glyphs()
@@ -121,17 +123,94 @@ class DigitCanvas(torch.utils.data.Dataset):
                 top = int(rng.integers(canvas - height + 1))
                 left = int(rng.integers(canvas - width + 1))
                 box = [left, top, left + width, top + height]
-                if all(not _overlaps(box, other) for other in boxes):
+                if all(self._may_overlap(box, other) for other in boxes):
                     break
             else:
                 continue  # no free spot for this digit; the image gets one fewer
-            alpha = F.interpolate(glyph[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            colour = torch.from_numpy(rng.uniform(0.75, 1.0, (3, 1, 1)).astype(np.float32))
-            region = image[:, top : top + height, left : left + width]
-            region.mul_(1 - alpha).add_(alpha * colour)
+            self._ink(rng, image, glyph, top, left, height, width)
             boxes.append(box)
             labels.append(int(all_labels[digit]))
         return boxes, labels
+
+    def _may_overlap(self, box: list, other: list) -> bool:
+        if self.config.max_overlap_iou <= 0:
+            return not _overlaps(box, other)
+        return _iou(box, other) <= self.config.max_overlap_iou
+
+    def _ink(self, rng, image: torch.Tensor, mask: torch.Tensor, top: int, left: int, height: int, width: int):
+        """Blend `mask` (h, w) in [0, 1], resized to (height, width), into the image in one ink colour."""
+        alpha = F.interpolate(mask[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        low, high = self.config.ink_brightness
+        colour = torch.from_numpy(rng.uniform(low, high, (3, 1, 1)).astype(np.float32))
+        region = image[:, top : top + height, left : left + width]
+        region.mul_(1 - alpha).add_(alpha * colour)
+
+    def _draw_distractors(self, rng: np.random.Generator, image: torch.Tensor) -> None:
+        """Hard negatives: things in digit colours and sizes that are not digits.
+
+        A fragment (the top, bottom, left or right 35-60 % of a digit's ink), a pen
+        stroke, or a Gaussian ink blob. They carry no box; digits may cover them.
+        """
+        cfg = self.config
+        if cfg.max_distractors <= 0:
+            return
+        glyphs, _ = _digit_glyphs()
+        canvas = image.shape[-1]
+        for _ in range(int(rng.integers(cfg.min_distractors, cfg.max_distractors + 1))):
+            side = float(np.exp(rng.uniform(math.log(cfg.min_object_size), math.log(cfg.max_object_size))))
+            kind = rng.integers(3)
+            if kind == 0:
+                glyph = glyphs[int(self.digit_indices[rng.integers(len(self.digit_indices))])]
+                keep = rng.uniform(0.35, 0.6)
+                rows, cols = glyph.shape
+                edge = rng.integers(4)
+                if edge < 2:
+                    cut = max(1, round(keep * rows))
+                    mask = glyph[:cut] if edge == 0 else glyph[rows - cut :]
+                else:
+                    cut = max(1, round(keep * cols))
+                    mask = glyph[:, :cut] if edge == 2 else glyph[:, cols - cut :]
+            elif kind == 1:
+                mask = _stroke(rng)
+            else:
+                mask = _blob(rng)
+            aspect = mask.shape[1] / mask.shape[0]
+            height = min(canvas, max(3, round(side / math.sqrt(aspect))))
+            width = min(canvas, max(3, round(side * math.sqrt(aspect))))
+            top = int(rng.integers(canvas - height + 1))
+            left = int(rng.integers(canvas - width + 1))
+            self._ink(rng, image, mask, top, left, height, width)
+
+
+def _stroke(rng: np.random.Generator, grid: int = 16) -> torch.Tensor:
+    """A straight or bent pen line on a (grid, grid) mask."""
+    points = rng.uniform(1, grid - 1, (3, 2))
+    if rng.random() < 0.5:
+        points[1] = (points[0] + points[2]) / 2  # straight
+    ys, xs = np.mgrid[0:grid, 0:grid] + 0.5
+    distance = np.full((grid, grid), np.inf)
+    for a, b in zip(points[:-1], points[1:]):
+        d = b - a
+        t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
+        distance = np.minimum(distance, np.hypot(xs - a[0] - t * d[0], ys - a[1] - t * d[1]))
+    width = rng.uniform(0.8, 2.0)
+    return torch.from_numpy(np.clip(width - distance + 0.5, 0, 1).astype(np.float32))
+
+
+def _blob(rng: np.random.Generator, grid: int = 16) -> torch.Tensor:
+    """An elliptical Gaussian ink blot on a (grid, grid) mask."""
+    ys, xs = np.mgrid[0:grid, 0:grid] + 0.5 - grid / 2
+    sx, sy = rng.uniform(grid / 8, grid / 3, 2)
+    return torch.from_numpy(np.exp(-0.5 * ((xs / sx) ** 2 + (ys / sy) ** 2)).astype(np.float32))
+
+
+def _iou(a: list, b: list) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _overlaps(a: list, b: list, margin: int = 2) -> bool:

@@ -1,10 +1,11 @@
 """COCO AP of a trained checkpoint on the held-out test set.
 
-    python -m detector.evaluate                        # runs/default/checkpoint.pt
-    python -m detector.evaluate --checkpoint PATH --output-dir DIR
+    python -m detector.evaluate                         # the run in runs/default
+    python -m detector.evaluate --output-dir runs/tv    # the folder `train --output-dir` wrote
+    python -m detector.evaluate --checkpoint FILE.pt    # a checkpoint file anywhere
 
-Prints AP, AP50, AP75, AP_S, AP_M, AP_L (pycocotools), writes them to
-metrics.json and a PNG of test images with predicted and true boxes.
+Prints AP, AP50, AP75, AP_S, AP_M, AP_L (pycocotools) and writes them to
+<run folder>/eval/metrics.json, with a PNG of test images with predicted and true boxes.
 """
 
 from __future__ import annotations
@@ -77,19 +78,24 @@ def main(argv: list[str] | None = None) -> dict:
     from detector.checkpoint import load_for_inference
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="runs/default/checkpoint.pt")
-    parser.add_argument("--output-dir", default="", help="default: <checkpoint folder>/eval")
+    parser.add_argument("--output-dir", default="", help="the run folder train wrote (default runs/default)")
+    parser.add_argument("--checkpoint", default="", help="default: <output-dir>/checkpoint.pt")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-plot-images", type=int, default=8)
     args = parser.parse_args(argv)
 
-    checkpoint = Path(args.checkpoint)
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+        run_dir = Path(args.output_dir) if args.output_dir else checkpoint.parent
+    else:
+        run_dir = Path(args.output_dir or "runs/default")
+        checkpoint = run_dir / "checkpoint.pt"
     if not checkpoint.exists():
         sys.exit(f"no checkpoint at {checkpoint}; train one first with `python -m detector.train`")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, config, step = load_for_inference(checkpoint, device)
     dataset = build_dataset(config.data, "test")
-    output_dir = Path(args.output_dir or checkpoint.parent / "eval")
+    output_dir = run_dir / "eval"
     output_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()

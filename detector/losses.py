@@ -113,3 +113,83 @@ def box_regression_loss(
         else:
             raise ValueError(f"box_loss must be 'smooth_l1', 'l1' or 'giou', got {kind!r}")
     return (per_anchor * positive.to(per_anchor.dtype)).sum() / normalizer
+
+
+_OVERLAPS: dict[tuple[bytes, float], bool] = {}
+
+
+def _any_overlap_above(boxes: Tensor, threshold: float) -> bool:
+    """Whether NMS at `threshold` could drop any of `boxes`; cached, since the anchors repeat every step.
+
+    RetinaNet's anchors never overlap above 0.7 (scales 2^(1/3) apart, aspect ratios 2 apart),
+    and NMS over them costs more than the rest of a CPU training step.
+    """
+    key = (boxes.detach().cpu().numpy().tobytes(), threshold)
+    if key not in _OVERLAPS:
+        if len(_OVERLAPS) > 8:
+            _OVERLAPS.clear()
+        iou = torchvision.ops.box_iou(boxes.float(), boxes.float()).fill_diagonal_(0)
+        _OVERLAPS[key] = bool((iou > threshold).any())
+    return _OVERLAPS[key]
+
+
+@torch.no_grad()
+def ohem_selection(
+    anchor_loss: Tensor,
+    labels: Tensor,
+    boxes: Tensor,
+    num_classes: int,
+    num_keep: int,
+    negatives_per_positive: float = 0.0,
+    nms_threshold: float = 0.7,
+) -> Tensor:
+    """Online hard example mining (Shrivastava et al., 2016) as RetinaNet's paper tests it.
+
+    Per image: the non-ignored anchors, scored by `anchor_loss` (B, N), go through NMS
+    over `boxes` (N, 4) at `nms_threshold`, and the `num_keep` highest-loss survivors are
+    kept. With `negatives_per_positive` = r > 0 (SSD's variant, r = 3 for 1:3) the
+    hardest positives, at most num_keep / (1 + r), are kept with at most r negatives for
+    each of them, the hardest first, and never more than num_keep in all. Labels follow
+    `detector.matcher` (num_classes = background, -1 = ignored). Returns (B, N) bool.
+    """
+    selected = torch.zeros_like(labels, dtype=torch.bool)
+    for image, (scores, image_labels) in enumerate(zip(anchor_loss, labels)):
+        candidates = torch.nonzero(image_labels >= 0).squeeze(1)
+        survivors = candidates[
+            torchvision.ops.nms(boxes[candidates].float(), scores[candidates].float(), nms_threshold)
+        ]
+        if negatives_per_positive > 0:
+            is_positive = image_labels[survivors] < num_classes
+            positives = survivors[is_positive][: int(num_keep / (1 + negatives_per_positive))]
+            num_negatives = min(int(negatives_per_positive * len(positives)), num_keep - len(positives))
+            survivors = torch.cat([positives, survivors[~is_positive][:num_negatives]])
+        selected[image, survivors[:num_keep]] = True
+    return selected
+
+
+def ohem_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    anchors: Tensor,
+    normalizer: Tensor,
+    num_keep: int,
+    negatives_per_positive: float = 0.0,
+    nms_threshold: float = 0.7,
+) -> Tensor:
+    """Plain (unweighted) sigmoid cross entropy over the anchors OHEM selects, / normalizer.
+
+    The ranking score is each anchor's cross entropy summed over its K classes; the NMS
+    boxes are the anchors; the normalizer is the positive count, as for the focal loss,
+    so only the choice of anchors differs from the cross-entropy rows.
+    """
+    from focal_loss_ext import sigmoid_focal_loss
+
+    logits = logits.float()
+    with torch.no_grad():
+        anchor_loss = sigmoid_focal_loss(logits.detach(), labels, alpha=-1.0, gamma=0.0).sum(-1)
+    selected = ohem_selection(
+        anchor_loss, labels, anchors, logits.shape[-1], num_keep, negatives_per_positive, nms_threshold
+    )
+    return sigmoid_focal_loss(
+        logits, labels, alpha=-1.0, gamma=0.0, reduction="sum", weight=selected.float(), normalizer=normalizer
+    )

@@ -16,7 +16,7 @@ from detector.box_coder import BoxCoder
 from detector.config import ModelConfig
 from detector.fpn import FPN
 from detector.head import RetinaNetHead
-from detector.losses import FocalLoss, box_regression_loss, positive_normalizer
+from detector.losses import FocalLoss, box_regression_loss, build_focal_loss, ohem_cross_entropy, positive_normalizer
 from detector.matcher import Matcher, count_positives
 from detector.postprocess import PostProcessor
 
@@ -81,8 +81,20 @@ class RetinaNet(nn.Module):
         num_positive = count_positives(labels, self.config.num_classes)
         normalizer = positive_normalizer(num_positive)
         positive = (labels >= 0) & (labels < self.config.num_classes)
+        if self.config.ohem_keep > 0:
+            loss_cls = ohem_cross_entropy(
+                logits,
+                labels,
+                anchors,
+                normalizer,
+                self.config.ohem_keep,
+                self.config.ohem_negatives_per_positive,
+                self.config.ohem_nms_threshold,
+            )
+        else:
+            loss_cls = self.focal_loss(logits, labels, normalizer)
         return {
-            "loss_cls": self.focal_loss(logits, labels, normalizer),
+            "loss_cls": loss_cls,
             "loss_box": box_regression_loss(
                 self.config.box_loss,
                 deltas,
@@ -110,6 +122,4 @@ class RetinaNet(nn.Module):
 
 
 def build_model(config: ModelConfig, loss: str = "fused") -> RetinaNet:
-    from detector.losses import build_focal_loss
-
     return RetinaNet(config, build_focal_loss(loss, config.focal_alpha, config.focal_gamma))

@@ -48,8 +48,11 @@ def learning_rate(config: TrainConfig, step: int, time_fraction: float) -> float
     return config.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def training_batch(dataset, step: int, rank: int, world_size: int, batch_size: int):
-    first = (step * world_size + rank) * batch_size
+IMAGES_PER_SEED = 2**24
+
+
+def training_batch(dataset, step: int, rank: int, world_size: int, batch_size: int, seed: int = 0):
+    first = seed * IMAGES_PER_SEED + (step * world_size + rank) * batch_size
     return collate([dataset[first + i] for i in range(batch_size)])
 
 
@@ -69,17 +72,22 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
-def train(config: Config) -> dict:
+def train(config: Config, dataset=None) -> dict:
+    """Train, or resume, the run in `config.train.output_dir`.
+
+    `dataset` replaces the training set named in the config; `detector.ablation`
+    passes one that keeps the images it made, since every run of a seed sees the same ones.
+    """
     cfg = config.train
     process = distributed.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dataset = build_dataset(config.data, "train")
+    dataset = dataset if dataset is not None else build_dataset(config.data, "train")
     config.model.num_classes = dataset.num_classes
     output_dir = Path(cfg.output_dir)
     checkpoint_path = output_dir / "checkpoint.pt"
 
-    torch.manual_seed(config.data.seed)
+    torch.manual_seed(config.data.seed + cfg.train_seed)
     model = build_model(config.model, cfg.loss).to(process.device)
     optimizer = build_optimizer(model, cfg)
     step, train_seconds = 0, 0.0
@@ -102,7 +110,19 @@ def train(config: Config) -> dict:
     fraction = time_fraction(train_seconds)
     running = torch.zeros(3, device=process.device)  # loss_cls, loss_box, positives since last log
     steps_since_log, clock = 0, time.perf_counter()
-    bar = tqdm(initial=step, total=cfg.max_steps, disable=not process.is_main, unit="step", dynamic_ncols=True)
+
+    def percent_done() -> float:
+        """Of whichever budget, steps or minutes, ends the run first: the bar and its ETA follow it."""
+        seconds = train_seconds + time.perf_counter() - clock
+        return 100.0 * min(1.0, max(step / cfg.max_steps, time_fraction(seconds)))
+
+    bar = tqdm(
+        total=100.0,
+        initial=percent_done(),
+        disable=not process.is_main,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
+    )
     model.train()
 
     def should_stop() -> bool:
@@ -112,7 +132,9 @@ def train(config: Config) -> dict:
         lr = learning_rate(cfg, step, fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, targets = training_batch(dataset, step, process.rank, process.world_size, cfg.batch_size)
+        images, targets = training_batch(
+            dataset, step, process.rank, process.world_size, cfg.batch_size, cfg.train_seed
+        )
         with autocast:
             losses = trained(images.to(process.device, non_blocking=True), targets)
         loss = losses["loss_cls"] + losses["loss_box"]
@@ -145,6 +167,7 @@ def train(config: Config) -> dict:
             }
             log.write(row)
             bar.set_postfix(
+                step=f"{step}/{cfg.max_steps}",
                 loss=f"{means[0] + means[1]:.3f}",
                 lr=f"{lr:.2e}",
                 img_s=f"{images_per_s:.1f}",
@@ -152,7 +175,7 @@ def train(config: Config) -> dict:
             )
             running.zero_()
             steps_since_log = 0
-        bar.update(1)
+        bar.update(percent_done() - bar.n)
         if process.is_main and (step % cfg.checkpoint_every == 0 or should_stop()):
             save_checkpoint(checkpoint_path, model, optimizer, step, train_seconds, config)
             plot_loss_curve(output_dir / "metrics.jsonl", output_dir / "loss_curve.png")

@@ -22,3 +22,13 @@ def tiny_config(tmp_path) -> Config:
     config.train.log_every = 1
     config.train.output_dir = str(tmp_path / "run")
     return config
+
+
+@pytest.fixture
+def fast_config(tiny_config) -> Config:
+    """For end-to-end runs of seconds: a 64 px canvas, two test images, few detections to score."""
+    tiny_config.data.canvas_size, tiny_config.data.max_object_size = 64, 40.0
+    tiny_config.data.num_test_images = 2
+    tiny_config.model.topk_per_level, tiny_config.model.detections_per_image = 50, 10
+    tiny_config.train.loss = "torchvision"
+    return tiny_config

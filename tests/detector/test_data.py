@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from detector.coco import CocoFolder, write_coco_folder
@@ -49,3 +51,27 @@ def test_coco_folder_round_trip_and_training(tiny_config, tmp_path):
     tiny_config.train.loss = "torchvision"
     tiny_config.train.max_steps = 2
     assert train(tiny_config)["step"] == 2
+
+
+def test_dense_preset_overlaps_at_most_its_iou_and_draws_distractors():
+    from torchvision.ops import box_iou
+
+    from detector.config import DataConfig, apply_dataset_preset
+
+    config = apply_dataset_preset(DataConfig(), "digits-dense")
+    dense, size = DigitCanvas("train", config), config.canvas_size
+    counts, overlapping = [], 0
+    for index in range(20):
+        image, target = dense[index]
+        boxes = target["boxes"]
+        assert image.shape == (3, size, size) and (boxes >= 0).all() and (boxes <= size).all()
+        iou = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert iou.max() <= config.max_overlap_iou + 1e-6
+        overlapping += int((iou > 0).any())
+        counts.append(len(boxes))
+    assert max(counts) <= config.max_digits and sum(counts) / len(counts) > config.min_digits
+    assert overlapping > 0  # boxes do overlap, unlike the default data's 2 px gaps
+    # The distractors are ink with no box: drawing none changes the image but no target.
+    plain = dataclasses.replace(config, min_distractors=0, max_distractors=0)
+    image, target = DigitCanvas("train", plain)[0]
+    assert not torch.equal(image, dense[0][0])

@@ -29,3 +29,24 @@ def test_ground_truth_as_predictions_gives_ap_one(dataset):
 
 def test_no_detection_at_all_gives_zeros(dataset):
     assert coco_metrics(ground_truth_dict(dataset), []) == {name: 0.0 for name in METRIC_NAMES}
+
+
+def test_evaluate_reads_the_folder_train_wrote(fast_config, tmp_path):
+    from detector.evaluate import main
+    from detector.train import train
+
+    tiny_config = fast_config
+    tiny_config.train.max_steps = 1
+    train(tiny_config)
+    run = tiny_config.train.output_dir
+    record = main(["--output-dir", run, "--num-plot-images", "1"])
+    assert record["checkpoint"] == f"{run}/checkpoint.pt" and record["step"] == 1
+    assert (tmp_path / "run" / "eval" / "metrics.json").exists()
+    # A checkpoint file elsewhere: results go beside it.
+    moved = tmp_path / "elsewhere" / "model.pt"
+    moved.parent.mkdir()
+    (tmp_path / "run" / "checkpoint.pt").rename(moved)
+    assert main(["--checkpoint", str(moved), "--num-plot-images", "1"])["step"] == 1
+    assert (moved.parent / "eval" / "metrics.json").exists()
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["--output-dir", run])

@@ -1,0 +1,212 @@
+"""Tables and plots of the ablation grid beside the paper's numbers.
+
+    python -m detector.ablation_report                # runs/ablation -> docs/ablation.md, docs/ablation/
+
+Reads <runs>/results.jsonl (one line per finished run, from `detector.ablation`),
+writes the tables between the markers in docs/ablation.md, copies the results
+next to the PNGs (AP against alpha and gamma; the prior-initialization loss curves)
+so the report can be rebuilt from what is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from detector.ablation import DEFAULT_STEPS, GRID
+
+# Lin et al. 2017, Table 1 (COCO minival; a, b: ResNet-50-FPN; d: ResNet-101-FPN): AP, AP50, AP75.
+PAPER = {
+    "a-alpha0.1": (0.0, 0.0, 0.0),
+    "a-alpha0.25": (10.8, 16.0, 11.7),
+    "a-alpha0.5": (30.2, 46.7, 32.8),
+    "a-alpha0.75": (31.1, 49.4, 33.0),
+    "a-alpha0.9": (30.8, 49.7, 32.3),
+    "a-alpha0.99": (28.7, 47.4, 29.9),
+    "a-alpha0.999": (25.1, 41.7, 26.1),
+    "b-gamma0.1": (31.4, 49.9, 33.1),
+    "b-gamma0.2": (31.9, 50.7, 33.4),
+    "b-gamma0.5": (32.9, 51.7, 35.2),
+    "b-gamma1": (33.7, 52.0, 36.2),
+    "b-gamma2": (34.0, 52.5, 36.5),
+    "b-gamma5": (32.2, 49.6, 34.8),
+    "d-ohem128": (31.1, 47.2, 33.2),
+    "d-ohem512": (30.6, 47.0, 32.6),
+    "d-ohem128-1:3": (31.1, 47.2, 33.2),  # the paper ran its 1:3 rows at NMS 0.5 only
+    "d-ohem512-1:3": (24.0, 35.5, 25.8),
+    "d-fl": (36.0, 54.9, 38.7),
+}
+START, END = "<!-- ablation-tables:start -->", "<!-- ablation-tables:end -->"
+
+
+def load(results: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for line in results.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            runs.setdefault(row["row"], []).append(row)
+    return runs
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(runs: dict, rows: list[tuple[str, str, str]]) -> str:
+    """rows: (label, our row name, paper key)."""
+    lines = [
+        "| setting | seeds | AP | AP50 | AP75 | paper AP | paper AP50 | paper AP75 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, name, paper_key in rows:
+        done = runs.get(name, [])
+        ours = [mean_std([r[m] for r in done]) for m in ("AP", "AP50", "AP75")]
+        diverged = sum(r["diverged"] for r in done)
+        seeds = f"{len(done)}" + (f" ({diverged} diverged)" if diverged else "")
+        paper = PAPER.get(paper_key)
+        paper_cells = [f"{v:.1f}" for v in paper] if paper else ["–"] * 3
+        lines.append(f"| {label} | {seeds} | " + " | ".join(ours + paper_cells) + " |")
+    return "\n".join(lines)
+
+
+def tables(runs: dict) -> str:
+    alphas = [r for r in GRID if r.table == "a"]
+    gammas = [r for r in GRID if r.table == "b"]
+    a = table(runs, [(f"α = {r.model['focal_alpha']:g}", r.name, r.name) for r in alphas])
+    b = table(
+        runs,
+        [("γ = 0, α = 0.75", "a-alpha0.75", "a-alpha0.75")]
+        + [(f"γ = {r.model['focal_gamma']:g}, α = {r.model['focal_alpha']:g}", r.name, r.name) for r in gammas],
+    )
+    d = table(
+        runs,
+        [
+            (f"OHEM{' 1:3' if '1:3' in r.name else ''}, {r.model['ohem_keep']} / image", r.name, r.name)
+            for r in GRID
+            if r.table == "d"
+        ]
+        + [("FL γ = 2, α = 0.25", "b-gamma2", "d-fl")],
+    )
+    prior = table(
+        runs,
+        [
+            ("CE (α = 0.5), prior π = 0.01", "a-alpha0.5", ""),
+            ("CE (α = 0.5), no prior (bias 0)", "p-ce-noprior", ""),
+            ("FL (γ = 2, α = 0.25), prior π = 0.01", "b-gamma2", ""),
+            ("FL (γ = 2, α = 0.25), no prior (bias 0)", "p-fl-noprior", ""),
+        ],
+    )
+    done = sum(len(v) for v in runs.values())
+    return (
+        f"{done} runs finished.\n\n**(a) α-balanced cross entropy (γ = 0)**\n\n{a}\n\n"
+        f"**(b) focal loss, the paper's α for each γ**\n\n{b}\n\n"
+        f"**(d) OHEM (plain cross entropy over the selected anchors) against FL**; paper: ResNet-101, "
+        f"NMS 0.7 for the rows without ratio; its 1:3 rows were run at NMS 0.5 only\n\n{d}\n\n"
+        f"**Prior initialization**\n\n{prior}\n"
+    )
+
+
+def other_budgets(everything: dict, steps: int) -> str:
+    """Runs at any other step budget (e.g. the tuning runs), one line each."""
+    others = sorted(
+        (r for rs in everything.values() for r in rs if r["steps"] != steps), key=lambda r: (r["steps"], r["row"])
+    )
+    if not others:
+        return ""
+    lines = ["| row | seed | steps x images | AP | AP50 | AP75 |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in others:
+        lines.append(
+            f"| {r['row']} | {r['seed']} | {r['steps']} x {r['images'] // r['steps']} | "
+            f"{100 * r['AP']:.1f} | {100 * r['AP50']:.1f} | {100 * r['AP75']:.1f} |"
+        )
+    return "\n**Other budgets** (single runs, not part of the grid)\n\n" + "\n".join(lines) + "\n"
+
+
+def plot_ap(runs: dict, png: Path) -> None:
+    from detector.plots import plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, rows, key, xlabel in (
+        (axes[0], [r for r in GRID if r.table == "a"], "focal_alpha", "α (γ = 0)"),
+        (axes[1], [GRID[3]] + [r for r in GRID if r.table == "b"], "focal_gamma", "γ (paper's α for each)"),
+    ):
+        xs, means, stds, paper = [], [], [], []
+        for row in rows:
+            aps = [r["AP"] for r in runs.get(row.name, [])]
+            if aps:
+                xs.append(row.model[key])
+                means.append(100 * statistics.mean(aps))
+                stds.append(100 * statistics.stdev(aps) if len(aps) > 1 else 0.0)
+                paper.append(PAPER[row.name][0])
+        positions = list(range(len(xs)))
+        ax.errorbar(positions, means, yerr=stds, marker="o", capsize=3, label="ours (mean ± std over seeds)")
+        ax.set_ylabel("AP here")
+        twin = ax.twinx()
+        twin.plot(positions, paper, "s--", color="gray", label="paper (COCO)")
+        twin.set_ylabel("AP in the paper", color="gray")
+        ax.set_xticks(positions, [f"{x:g}" for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, fontsize=8, loc="lower center")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def plot_prior_init(run_root: Path, png: Path) -> None:
+    """Classification loss against step for CE and FL, with and without the prior init."""
+    from detector.plots import plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
+    pairs = (("CE (α = 0.5)", "a-alpha0.5", "p-ce-noprior"), ("FL (γ = 2, α = 0.25)", "b-gamma2", "p-fl-noprior"))
+    for ax, (title, with_prior, without) in zip(axes, pairs):
+        for name, colour, label in ((with_prior, "tab:blue", "prior π = 0.01"), (without, "tab:red", "bias 0")):
+            for seed, log in enumerate(sorted(run_root.glob(f"{name}/seed*/metrics.jsonl"))):
+                rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+                steps = [r["step"] for r in rows]
+                ax.plot(
+                    steps, [r["loss_cls"] for r in rows], color=colour, alpha=0.7, label=label if seed == 0 else None
+                )
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("classification loss per positive anchor")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/ablation")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="the budget to tabulate and plot")
+    parser.add_argument("--report", default="docs/ablation.md")
+    parser.add_argument("--figures", default="docs/ablation")
+    args = parser.parse_args(argv)
+    runs_dir, figures = Path(args.runs), Path(args.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(runs_dir / "results.jsonl", figures / "results.jsonl")
+    everything = load(figures / "results.jsonl")
+    runs = {name: [r for r in rs if r["steps"] == args.steps] for name, rs in everything.items()}
+    plot_ap(runs, figures / "ap.png")
+    plot_prior_init(runs_dir / f"steps{args.steps}", figures / "prior_init.png")
+    text = tables(runs) + other_budgets(everything, args.steps)
+    report = Path(args.report)
+    old = report.read_text() if report.exists() else f"{START}\n{END}\n"
+    head, rest = old.split(START, 1)
+    report.write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
