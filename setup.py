@@ -96,7 +96,7 @@ if EMULATE:
     # per file in csrc/cuda), so a new kernel file needs no edit here.
     generated = os.path.join("build", "emu-src")
     os.makedirs(generated, exist_ok=True)
-    sources = [s for s in sources if not s.startswith("csrc/cpu/")] + ["csrc/emu/cuda_emu.cpp"]
+    sources = [s for s in sources if not s.startswith("csrc/cpu/")] + ["csrc/emu/cuda_emu.cpp", "csrc/emu/selftest.cpp"]
     for cu in sorted(os.listdir(os.path.join("csrc", "cuda"))):
         if not cu.endswith(".cu"):
             continue

@@ -23,6 +23,7 @@
 namespace cuda_emu {
 
 thread_local const Position* current = nullptr;
+thread_local const char* kernel_name = nullptr;
 
 namespace {
 
@@ -90,9 +91,21 @@ Scheduler& this_thread_scheduler() {
   return instance;
 }
 
+// A source path from csrc/ on (the emulated build reaches the .cu files through generated wrappers).
+std::string short_path(const char* file) {
+  const std::string f = file;
+  const size_t at = f.rfind("csrc/");
+  return at == std::string::npos ? f : f.substr(at);
+}
+
 std::string describe(const LaunchSite& s) {
   std::ostringstream o;
-  o << "kernel `" << s.kernel << "` launched in " << s.launcher << " (" << s.file << ":" << s.line << ")";
+  if (kernel_name != nullptr) {
+    o << "kernel " << kernel_name;
+  } else {
+    o << "kernel `" << s.kernel << "` launched in " << s.launcher;
+  }
+  o << " (launched at " << short_path(s.file) << ":" << s.line << ")";
   return o.str();
 }
 
@@ -203,7 +216,8 @@ bool same_call(const WarpRequest& a, const WarpRequest& b) {
 
 std::string op_name(const WarpRequest& r) {
   std::ostringstream o;
-  o << kind_name(r.kind) << " (mask 0x" << std::hex << r.mask << std::dec << ") at " << r.file << ":" << r.line;
+  o << kind_name(r.kind) << " (mask 0x" << std::hex << r.mask << std::dec << ") at " << short_path(r.file) << ":"
+    << r.line;
   return o.str();
 }
 
@@ -223,7 +237,7 @@ bool complete_warp_op(Scheduler& s, int w, int first) {
     const Fiber& f = lanes[l];
     if (f.state == State::AtWarpOp && same_call(f.request, r)) continue;
     std::string why = f.state == State::Done        ? "has exited"
-                      : f.state == State::AtBarrier ? std::string("waits at __syncthreads at ") + f.barrier_file + ":" +
+                      : f.state == State::AtBarrier ? "waits at __syncthreads at " + short_path(f.barrier_file) + ":" +
                                                           std::to_string(f.barrier_line)
                                                     : "waits at " + op_name(f.request);
     fail(s, at + ": lane " + std::to_string(l) + " named in the mask never arrives (it " + why +
@@ -332,7 +346,7 @@ bool run_block(Scheduler& s, uint3 block, dim3 grid, dim3 block_dim) {
     if (waiting_at_warp_op) continue;
     const Fiber& first = *std::find_if(s.fibers.begin(), s.fibers.begin() + s.threads,
                                        [](const Fiber& f) { return f.state == State::AtBarrier; });
-    const std::string barrier = std::string("__syncthreads at ") + first.barrier_file + ":" +
+    const std::string barrier = "__syncthreads at " + short_path(first.barrier_file) + ":" +
                                 std::to_string(first.barrier_line) + " in " +
                                 where(s, static_cast<int>(&first - s.fibers.data()));
     const std::string exited = thread_list(s, [&](int t) { return s.fibers[t].state == State::Done; });
@@ -443,7 +457,7 @@ void device_assert_failed(const char* condition, const char* file, int line) {
               "` failed outside an emulated kernel");
   Scheduler& s = *scheduler;
   fail(s, where(s, static_cast<int>(s.running - s.fibers.data())) + ": device-side assert triggered: `" + condition +
-              "` at " + file + ":" + std::to_string(line));
+              "` at " + short_path(file) + ":" + std::to_string(line));
   s.running->state = State::Done;
   yield_to_scheduler(s);
   std::abort();  // never resumed
@@ -478,6 +492,7 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
   s.args = args;
   s.error.clear();
   scheduler = &s;
+  kernel_name = nullptr;
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
   bool ok = true;
   for (const uint64_t b : block_order(blocks)) {
@@ -486,6 +501,7 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
     if (!(ok = run_block(s, index, grid, block))) break;
   }
   scheduler = nullptr;
+  kernel_name = nullptr;
   TORCH_CHECK(ok, "emulated CUDA launch failed: ", s.error);
 }
 

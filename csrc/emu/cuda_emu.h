@@ -150,6 +150,13 @@ struct Position {
   dim3 grid_dim;
 };
 extern thread_local const Position* current;
+// The running kernel's signature, taken from the first built-in index it reads (every kernel
+// reads one before it calls anything that can fail), so that errors name the kernel itself.
+extern thread_local const char* kernel_name;
+inline const Position& position(const char* function) {
+  if (kernel_name == nullptr) kernel_name = function;
+  return *current;
+}
 
 enum class WarpOpKind : int { ShflIdx, ShflUp, ShflDown, ShflXor, All, Any, Ballot, SyncWarp };
 
@@ -185,10 +192,10 @@ T shuffle(WarpOpKind kind, unsigned mask, T value, int arg, int width, const cha
 
 }  // namespace cuda_emu
 
-#define threadIdx (::cuda_emu::current->thread)
-#define blockIdx (::cuda_emu::current->block)
-#define blockDim (::cuda_emu::current->block_dim)
-#define gridDim (::cuda_emu::current->grid_dim)
+#define threadIdx (::cuda_emu::position(__PRETTY_FUNCTION__).thread)
+#define blockIdx (::cuda_emu::position(__PRETTY_FUNCTION__).block)
+#define blockDim (::cuda_emu::position(__PRETTY_FUNCTION__).block_dim)
+#define gridDim (::cuda_emu::position(__PRETTY_FUNCTION__).grid_dim)
 constexpr int warpSize = 32;
 
 inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
