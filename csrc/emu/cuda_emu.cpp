@@ -431,8 +431,8 @@ uint64_t warp_op(WarpRequest request) {
   Fiber& f = *s.running;
   const int lane = static_cast<int>(&f - s.fibers.data()) % 32;
   if (!(request.mask >> lane & 1u)) {
-    fail(s, where(s, static_cast<int>(&f - s.fibers.data())) + ": " + op_name(request) +
-                " is called by lane " + std::to_string(lane) + ", which its mask leaves out");
+    fail(s, where(s, static_cast<int>(&f - s.fibers.data())) + ": " + op_name(request) + " is called by lane " +
+                std::to_string(lane) + ", which its mask leaves out");
     f.state = State::Done;
     yield_to_scheduler(s);
   }

@@ -65,7 +65,11 @@ struct alignas(16) int4 {
 
 using cudaStream_t = struct CUstream_st*;
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidDevice = 101, cudaErrorInvalidValue = 1 };
-enum cudaDeviceAttr { cudaDevAttrMaxThreadsPerBlock = 1, cudaDevAttrWarpSize = 10, cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr {
+  cudaDevAttrMaxThreadsPerBlock = 1,
+  cudaDevAttrWarpSize = 10,
+  cudaDevAttrMultiProcessorCount = 16
+};
 inline const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaSuccess ? "no error" : e == cudaErrorInvalidDevice ? "invalid device ordinal" : "invalid argument";
 }
@@ -107,11 +111,11 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, i
   return cudaSuccess;
 }
 
-#define C10_CUDA_CHECK(expr)                                                                          \
-  do {                                                                                                \
-    const cudaError_t cuda_emu_status = (expr);                                                       \
-    TORCH_CHECK(cuda_emu_status == cudaSuccess, "CUDA error (emulated device): ",                     \
-                cudaGetErrorString(cuda_emu_status), " from ", #expr, " at ", __FILE__, ":", __LINE__); \
+#define C10_CUDA_CHECK(expr)                                                                                           \
+  do {                                                                                                                 \
+    const cudaError_t cuda_emu_status = (expr);                                                                        \
+    TORCH_CHECK(cuda_emu_status == cudaSuccess, "CUDA error (emulated device): ", cudaGetErrorString(cuda_emu_status), \
+                " from ", #expr, " at ", __FILE__, ":", __LINE__);                                                     \
   } while (0)
 // Launch errors are raised by the launch itself (synchronously), so there is nothing left to check.
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() \
@@ -258,8 +262,8 @@ T __ldg(const T* p) {
 #define CUDA_KERNEL_ASSERT(cond) \
   if (C10_UNLIKELY(!(cond))) ::cuda_emu::device_assert_failed(#cond, __FILE__, __LINE__)
 
-#define FOCAL_LOSS_EXT_SHARED_ARRAY(type, name, size)                                            \
-  static const char name##_site = 0;                                                               \
+#define FOCAL_LOSS_EXT_SHARED_ARRAY(type, name, size) \
+  static const char name##_site = 0;                  \
   type* const name = static_cast<type*>(::cuda_emu::shared_array(&name##_site, sizeof(type) * (size), alignof(type)))
 
 // ---- Launches --------------------------------------------------------------------------------
@@ -293,8 +297,8 @@ class Launch {
       std::tuple<Args...> args;
     } frame{&body_, std::tuple<Args...>(args...)};
     run_grid(
-        site_, grid_, block_, shared_bytes_, [](void* f) { std::apply(*static_cast<Frame*>(f)->body, static_cast<Frame*>(f)->args); },
-        &frame);
+        site_, grid_, block_, shared_bytes_,
+        [](void* f) { std::apply(*static_cast<Frame*>(f)->body, static_cast<Frame*>(f)->args); }, &frame);
   }
 
  private:
@@ -312,8 +316,8 @@ class Launch {
 
 }  // namespace cuda_emu
 
-#define FOCAL_LOSS_EXT_LAUNCH(kernel, grid, block, shared_bytes, stream)                                          \
-  ::cuda_emu::Launch(::cuda_emu::LaunchSite{#kernel, __PRETTY_FUNCTION__, __FILE__, __LINE__}, grid, block,       \
+#define FOCAL_LOSS_EXT_LAUNCH(kernel, grid, block, shared_bytes, stream)                                    \
+  ::cuda_emu::Launch(::cuda_emu::LaunchSite{#kernel, __PRETTY_FUNCTION__, __FILE__, __LINE__}, grid, block, \
                      shared_bytes, [=](auto... kernel_args) { kernel(kernel_args...); })
 
 // ---- Registration: the kernels' operators become the CPU kernels -----------------------------
@@ -346,13 +350,13 @@ class Registrar {
 }  // namespace cuda_emu
 
 #undef TORCH_LIBRARY_IMPL
-#define TORCH_LIBRARY_IMPL(ns, k, m)                                                                      \
-  static void cuda_emu_register_##ns(::cuda_emu::Registrar&);                                            \
-  static const torch::detail::TorchLibraryInit cuda_emu_library_init_##ns(                                 \
-      torch::Library::IMPL,                                                                                \
-      [](torch::Library& library) {                                                                        \
-        ::cuda_emu::Registrar registrar(library);                                                          \
-        cuda_emu_register_##ns(registrar);                                                                 \
-      },                                                                                                   \
-      #ns, std::make_optional(c10::DispatchKey::CPU), __FILE__, __LINE__);                                 \
+#define TORCH_LIBRARY_IMPL(ns, k, m)                                       \
+  static void cuda_emu_register_##ns(::cuda_emu::Registrar&);              \
+  static const torch::detail::TorchLibraryInit cuda_emu_library_init_##ns( \
+      torch::Library::IMPL,                                                \
+      [](torch::Library& library) {                                        \
+        ::cuda_emu::Registrar registrar(library);                          \
+        cuda_emu_register_##ns(registrar);                                 \
+      },                                                                   \
+      #ns, std::make_optional(c10::DispatchKey::CPU), __FILE__, __LINE__); \
   static void cuda_emu_register_##ns(::cuda_emu::Registrar& m)
