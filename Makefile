@@ -16,7 +16,7 @@ EXTENSION := focal_loss_ext/_C.abi3.so
 CLANG_FORMAT = $(PYTHON) -c "import clang_format, sys; sys.argv[0] = 'clang-format'; sys.exit(clang_format.clang_format())"
 CSRC_FILES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: install test test-emulated test-sanitized bench lint format clean
+.PHONY: install test test-emulated test-sanitized coverage-emulated bench lint format clean
 
 .deps.stamp: pyproject.toml
 	$(PYTHON) -m pip install -q $(TORCH_PINS)
@@ -49,6 +49,9 @@ $(call emulated_lib,emulated): .deps.stamp setup.py $(shell find csrc -type f)
 $(call emulated_lib,sanitized): .deps.stamp setup.py $(shell find csrc -type f)
 	$(call build_emulated,sanitized,FOCAL_LOSS_EXT_SANITIZE=1)
 
+$(call emulated_lib,coverage): .deps.stamp setup.py $(shell find csrc -type f)
+	$(call build_emulated,coverage,FOCAL_LOSS_EXT_COVERAGE=1)
+
 test-emulated: $(call emulated_lib,emulated)
 	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) $(PYTHON) -m focal_loss_ext.env | grep emulated
 	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) FOCAL_LOSS_EXT_EMU_BLOCK_ORDER=forward FOCAL_LOSS_EXT_EMU_SMS=132 \
@@ -64,7 +67,7 @@ test-emulated: $(call emulated_lib,emulated)
 test-sanitized: $(call emulated_lib,sanitized)
 	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
 		ASAN_OPTIONS=detect_leaks=0 FOCAL_LOSS_EXT_EMU_SMS=1 \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_kernel_paths.py -k "cpu and (float32 or float16)"
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_kernel_paths.py -k "cpu and (float32 or float16) and not strided"
 
 bench: install
 	$(PYTHON) benchmarks/run.py $(ARGS)
@@ -82,3 +85,12 @@ format: .deps.stamp
 
 clean:
 	rm -rf build *.egg-info $(EXTENSION) .deps.stamp
+
+# Which lines of csrc/cuda the emulated tests never run (gcov on a -O0 --coverage build of the
+# emulated flavour, under both device settings of test-emulated); fails if there is one.
+coverage-emulated: $(call emulated_lib,coverage)
+	find build/coverage -name '*.gcda' -delete
+	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) FOCAL_LOSS_EXT_EMU_SMS=132 $(PYTHON) -m pytest -q $(EMULATED_TESTS)
+	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) FOCAL_LOSS_EXT_EMU_SMS=1 FOCAL_LOSS_EXT_EMU_BLOCK_ORDER=reverse \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_kernel_paths.py
+	$(PYTHON) .ci/cuda_coverage.py build/coverage/obj

@@ -29,6 +29,7 @@ from focal_loss_ext import (
 )
 
 ROWS = 150
+DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
 CLASSES = [1, 7, 80, 81, 91]
 # One gamma per class count, so that each closed form (0, 1, 2) and the general pow() run.
 GAMMA = {1: 0.0, 7: 1.0, 80: 2.0, 81: 2.5, 91: 2.0}
@@ -95,7 +96,7 @@ def same_dtype_reference(reference_fn, x, t, **kw):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "offset", "strided"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("k", CLASSES)
 @pytest.mark.parametrize("op", list(OPS))
 def test_loss_and_grad_every_path(device, layout, dtype, k, op):
@@ -133,7 +134,7 @@ def test_empty_input(device, reduction, op):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("numel", [0, 1, 7, 4099])
 @pytest.mark.parametrize("offset", [0, 1])
 def test_scale_grad_every_path(device, dtype, numel, offset):
