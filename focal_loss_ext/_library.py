@@ -19,6 +19,8 @@ def load_override() -> None:
         return
     if not os.path.isfile(path):
         raise ImportError(f"FOCAL_LOSS_EXT_LIBRARY={path!r}: no such file")
+    import torch  # noqa: F401  (loads libc10 / libtorch, which the library links against)
+
     loader = importlib.machinery.ExtensionFileLoader("focal_loss_ext._C", path)
     spec = importlib.util.spec_from_file_location("focal_loss_ext._C", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
