@@ -221,9 +221,9 @@ std::string op_name(const WarpRequest& r) {
   return o.str();
 }
 
-// Completes the warp operation that lane `first` of warp `w` waits at, or records why it cannot be.
-// Returns true when it completed.
-bool complete_warp_op(Scheduler& s, int w, int first) {
+// Completes the warp operation that lane `first` of warp `w` waits at and returns true; or returns
+// false, with `why` saying which lane has not arrived. Breaking a rule is recorded with fail().
+bool complete_warp_op(Scheduler& s, int w, int first, std::string& why_not) {
   Fiber* lanes = s.fibers.data() + w * 32;
   const int n = std::min(32, s.threads - w * 32);
   const WarpRequest& r = lanes[first].request;
@@ -236,12 +236,12 @@ bool complete_warp_op(Scheduler& s, int w, int first) {
     }
     const Fiber& f = lanes[l];
     if (f.state == State::AtWarpOp && same_call(f.request, r)) continue;
-    std::string why = f.state == State::Done        ? "has exited"
-                      : f.state == State::AtBarrier ? "waits at __syncthreads at " + short_path(f.barrier_file) + ":" +
-                                                          std::to_string(f.barrier_line)
-                                                    : "waits at " + op_name(f.request);
-    fail(s, at + ": lane " + std::to_string(l) + " named in the mask never arrives (it " + why +
-                ") -- a warp operation in divergent code");
+    const std::string why = f.state == State::Done        ? "has exited"
+                            : f.state == State::AtBarrier ? "waits at __syncthreads at " + short_path(f.barrier_file) +
+                                                                ":" + std::to_string(f.barrier_line)
+                                                          : "waits at " + op_name(f.request);
+    why_not = at + ": lane " + std::to_string(l) + " named in the mask never arrives (it " + why +
+              ") -- a warp operation in divergent code";
     return false;
   }
   const bool shuffle = r.kind == WarpOpKind::ShflIdx || r.kind == WarpOpKind::ShflUp ||
@@ -336,14 +336,28 @@ bool run_block(Scheduler& s, uint3 block, dim3 grid, dim3 block_dim) {
       if (f.state == State::Done) ++done;
     }
     if (done == s.threads) return true;
-    // Nothing can run: every live thread waits at a barrier or a warp operation.
+    // Nothing can run: every live thread waits at a barrier or a warp operation. Complete the
+    // warp operations all of whose lanes have arrived; if some wait but none can complete, their
+    // missing lanes will never come.
     bool waiting_at_warp_op = false;
+    bool completed = false;
+    std::string stuck;
     for (int t = 0; t < s.threads; ++t) {
       if (s.fibers[t].state != State::AtWarpOp) continue;
       waiting_at_warp_op = true;
-      if (!complete_warp_op(s, t / 32, t % 32)) return false;
+      std::string why;
+      if (complete_warp_op(s, t / 32, t % 32, why)) {
+        completed = true;
+      } else if (stuck.empty()) {
+        stuck = why;
+      }
     }
-    if (waiting_at_warp_op) continue;
+    if (!s.error.empty()) return false;
+    if (completed) continue;
+    if (waiting_at_warp_op) {
+      fail(s, stuck);
+      return false;
+    }
     const Fiber& first = *std::find_if(s.fibers.begin(), s.fibers.begin() + s.threads,
                                        [](const Fiber& f) { return f.state == State::AtBarrier; });
     const std::string barrier = "__syncthreads at " + short_path(first.barrier_file) + ":" +
@@ -491,17 +505,27 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
   s.body = body;
   s.args = args;
   s.error.clear();
-  scheduler = &s;
-  kernel_name = nullptr;
-  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  const std::vector<uint64_t> order = block_order(static_cast<uint64_t>(grid.x) * grid.y * grid.z);
+  // Set for the launch only, also when it throws.
+  struct Active {
+    explicit Active(Scheduler* s) {
+      scheduler = s;
+      kernel_name = nullptr;
+    }
+    ~Active() {
+      scheduler = nullptr;
+      kernel_name = nullptr;
+    }
+  };
   bool ok = true;
-  for (const uint64_t b : block_order(blocks)) {
-    const uint3 index{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
-                      static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
-    if (!(ok = run_block(s, index, grid, block))) break;
+  {
+    const Active active(&s);
+    for (const uint64_t b : order) {
+      const uint3 index{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                        static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
+      if (!(ok = run_block(s, index, grid, block))) break;
+    }
   }
-  scheduler = nullptr;
-  kernel_name = nullptr;
   TORCH_CHECK(ok, "emulated CUDA launch failed: ", s.error);
 }
 
