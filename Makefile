@@ -63,9 +63,10 @@ test-emulated: $(call emulated_lib,emulated)
 
 # The same build under AddressSanitizer and UBSan (an out-of-bounds access, a misaligned
 # 16-byte load), on the kernel-path tests. Python itself is not instrumented, so the ASan
-# runtime is preloaded.
+# runtime is preloaded, with libstdc++ (ASan's __cxa_throw interceptor needs it at start-up).
 test-sanitized: $(call emulated_lib,sanitized)
-	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
+	FOCAL_LOSS_EXT_LIBRARY=$(abspath $<) \
+		LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0 FOCAL_LOSS_EXT_EMU_SMS=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_kernel_paths.py -k "cpu and (float32 or float16) and not strided"
 
