@@ -18,7 +18,13 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
 #else
   const int with_cuda = 0;
 #endif
+#ifdef FOCAL_LOSS_EXT_EMULATED_CUDA
+  const int emulated_cuda = 1;  // the CUDA kernels, built for the CPU against csrc/emu
+#else
+  const int emulated_cuda = 0;
+#endif
   if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0 ||
+      PyModule_AddIntConstant(module, "emulated_cuda", emulated_cuda) < 0 ||
       PyModule_AddStringConstant(module, "cuda_archs", FOCAL_LOSS_EXT_CUDA_ARCHS) < 0) {
     Py_DECREF(module);
     return nullptr;

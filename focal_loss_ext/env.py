@@ -34,12 +34,19 @@ def report() -> str:
     forced_portable = os.environ.get("ATEN_CPU_CAPABILITY") == "default"
     vector_code = "portable (ATEN_CPU_CAPABILITY=default)" if forced_portable else "AVX2 where the CPU has it"
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CUDA")
+    # The emulated flavour's CPU kernels are the CUDA kernels, run on the emulated device.
+    emulated = bool(getattr(_C, "emulated_cuda", 0))
+    cpu_kernel = (
+        "the CUDA kernels on an emulated device (csrc/emu, FOCAL_LOSS_EXT_EMULATE_CUDA=1 build)"
+        if emulated
+        else f"registered, vector code: {vector_code}"
+    )
     lines = [
         f"focal_loss_ext      {__version__} ({_C.__file__})",
         f"python              {platform.python_version()} on {platform.machine()}",
         f"torch               {torch.__version__} (built with CUDA {torch.version.cuda})",
         f"CPU threads         {torch.get_num_threads()} (torch.get_num_threads)",
-        f"CPU kernel          registered, vector code: {vector_code}",
+        f"CPU kernel          {cpu_kernel}",
         f"CUDA kernel built   {'yes' if _C.with_cuda else 'no'}; registered: {'yes' if has_cuda_kernel else 'no'}",
     ]
     if _C.with_cuda:

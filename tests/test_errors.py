@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import DEVICES, HAS_CUDA
+from helpers import DEVICES, HAS_CUDA, bad_label_error
 
 from focal_loss_ext import sigmoid_focal_loss
 
@@ -17,8 +17,8 @@ LABELS = torch.zeros(4, dtype=torch.long)
         (dict(targets=torch.zeros(3, dtype=torch.long)), ValueError, r"integer targets must have shape"),
         (dict(targets=torch.zeros(4, 3, dtype=torch.bool)), TypeError, r"targets must be floating .* or integer"),
         (dict(targets=torch.zeros(4, 3, dtype=torch.complex64)), TypeError, r"targets must be floating"),
-        (dict(targets=torch.tensor([0, 1, 3, 7])), RuntimeError, r"targets: label 7 is out of range"),
-        (dict(targets=torch.tensor([0, -2, 1, 1])), RuntimeError, r"targets: label -2 is out of range"),
+        (dict(targets=torch.tensor([0, 1, 3, 7])), RuntimeError, bad_label_error(7)),
+        (dict(targets=torch.tensor([0, -2, 1, 1])), RuntimeError, bad_label_error(-2)),
         (dict(inputs=torch.zeros(4, 3, dtype=torch.long)), TypeError, r"inputs must be a floating tensor"),
         (
             dict(inputs=torch.tensor(1.0), targets=torch.tensor(1.0)),
