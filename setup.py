@@ -70,15 +70,18 @@ sources = [
 # The CPU row loops, one build per instruction set, each with its own flags (the same source,
 # csrc/cpu/rows_isa.h, behind three file names so that their objects do not collide).
 # CPU_CAPABILITY selects at::vec's implementation and the namespace the build's symbols live in;
-# csrc/cpu/rows.cpp picks one build at run time from the CPU's features.
-ISA_SOURCES = {"csrc/cpu/rows_portable.cpp": ["-DCPU_CAPABILITY=DEFAULT"]}
+# csrc/cpu/rows.cpp picks one build at run time from the CPU's features. -ffp-contract=off: the
+# compiler may not fuse a multiply and an add on its own (GCC does by default, differently per
+# build), so the AVX2 and AVX-512 builds round every operation alike and give bit-identical
+# per-element results; the FMAs the code asks for (at::vec::fmadd) stay.
+ISA_SOURCES = {"csrc/cpu/rows_portable.cpp": ["-ffp-contract=off", "-DCPU_CAPABILITY=DEFAULT"]}
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 if X86:
     ISA_SOURCES["csrc/cpu/rows_avx2.cpp"] = [
-        "-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2",
+        "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2",
     ]  # fmt: skip
     ISA_SOURCES["csrc/cpu/rows_avx512.cpp"] = [
-        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-ffp-contract=off",
         "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
     ]  # fmt: skip
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
@@ -96,7 +99,6 @@ if build_cuda:
 else:
     extension = CppExtension
     extra_compile_args = {"cxx": cxx_flags}
-
 
 
 class BuildExtensionPerFileFlags(BuildExtension):

@@ -130,8 +130,8 @@ C10_HOST_DEVICE inline SigmoidParts<T> sigmoid_parts(T x) {
   const T zero(0);
   const T one(1);
   const T e = M::exp(-M::abs(x));  // in (0, 1]: never overflows
-  const T inv = one / (one + e);         // sigmoid(|x|)
-  const T small = e * inv;               // sigmoid(-|x|)
+  const T inv = one / (one + e);   // sigmoid(|x|)
+  const T small = e * inv;         // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
   const T l = M::log1p_unit(e);
   SigmoidParts<T> p;

@@ -49,9 +49,8 @@ def report() -> str:
 
     ops = torch.ops.focal_loss_ext
     forced = os.environ.get("FOCAL_LOSS_EXT_CPU_ISA")
-    vector_code = (
-        f"{ops._cpu_isa()} (supported: {', '.join(ops._cpu_isas_supported())}; "
-        + (f"forced by FOCAL_LOSS_EXT_CPU_ISA={forced})" if forced else "set FOCAL_LOSS_EXT_CPU_ISA to force one)")
+    vector_code = f"{ops._cpu_isa()} (supported: {', '.join(ops._cpu_isas_supported())}; " + (
+        f"forced by FOCAL_LOSS_EXT_CPU_ISA={forced})" if forced else "set FOCAL_LOSS_EXT_CPU_ISA to force one)"
     )
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CUDA")
     lines = [

@@ -187,4 +187,3 @@ def test_vec_math_op_checks_its_arguments(isa):
         ops._cpu_vec_math(torch.zeros(3, dtype=torch.float64), "exp")
     with pytest.raises(RuntimeError, match='fn: expected "exp" or "log1p_unit"'):
         ops._cpu_vec_math(torch.zeros(3), "log")
-

@@ -17,7 +17,9 @@ namespace focal_loss_ext {
 namespace cpu {
 namespace {
 
-template <typename scalar_t, typename Rule, bool kLabels>
+// kGrad: whether the gradient is wanted; without it the compiler drops the gradient's arithmetic
+// (forward only costs ~20% fewer operations).
+template <typename scalar_t, typename Rule, bool kLabels, bool kGrad>
 RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   using opmath_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -89,7 +91,7 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
         // lanes past n hold the loss of padding zeros: keep them out of the sum
         acc = at::vec::fmadd(n == kWidth ? lg.loss : Vec::set(zero, lg.loss, n), row_weight, acc);
       }
-      if (grad_out != nullptr) {
+      if constexpr (kGrad) {
         store(grad_out + base + k0, lg.grad * grad_factor, n);
       }
     }
@@ -100,10 +102,16 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
   return result;
 }
 
+template <typename scalar_t, typename Rule, bool kLabels>
+RowsResult sigmoid_rows_for_targets(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
+  return p.grad_out != nullptr ? sigmoid_rows_impl<scalar_t, Rule, kLabels, true>(p, row_begin, row_end)
+                               : sigmoid_rows_impl<scalar_t, Rule, kLabels, false>(p, row_begin, row_end);
+}
+
 template <typename scalar_t, typename Rule>
 RowsResult sigmoid_rows_for_rule(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
-  return p.labels != nullptr ? sigmoid_rows_impl<scalar_t, Rule, true>(p, row_begin, row_end)
-                             : sigmoid_rows_impl<scalar_t, Rule, false>(p, row_begin, row_end);
+  return p.labels != nullptr ? sigmoid_rows_for_targets<scalar_t, Rule, true>(p, row_begin, row_end)
+                             : sigmoid_rows_for_targets<scalar_t, Rule, false>(p, row_begin, row_end);
 }
 
 template <typename scalar_t>
