@@ -61,8 +61,8 @@ print(
 )
 
 sources = [
-    "csrc/module.cpp",
-    "csrc/sigmoid_focal_loss.cpp",
+    "csrc/focal_loss.cpp",
+    "csrc/problem.cpp",
     "csrc/cpu/rows.cpp",
     "csrc/cpu/sigmoid_focal_loss_kernel.cpp",
     "csrc/cpu/softmax_focal_loss_kernel.cpp",
@@ -92,7 +92,11 @@ cxx_flags = opt + ["-fopenmp", "-fdiagnostics-color=always"]  # the C++ standard
 nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"]
 define_macros = [("FOCAL_LOSS_EXT_X86_ISAS", None)] if X86 else []
 if build_cuda:
-    sources += ["csrc/cuda/sigmoid_focal_loss_kernel.cu", "csrc/cuda/softmax_focal_loss_kernel.cu"]
+    sources += [
+        "csrc/cuda/sigmoid_focal_loss_kernel.cu",
+        "csrc/cuda/softmax_focal_loss_kernel.cu",
+        "csrc/cuda/scale_grad_kernel.cu",
+    ]
     define_macros += [("FOCAL_LOSS_EXT_WITH_CUDA", None), ("FOCAL_LOSS_EXT_CUDA_ARCHS", f'"{arch_list}"')]
     extension = CUDAExtension
     extra_compile_args = {"cxx": cxx_flags, "nvcc": nvcc_flags}

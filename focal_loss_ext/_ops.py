@@ -4,15 +4,17 @@ The operators are ``sigmoid_focal_loss``, ``sigmoid_focal_loss_star`` (FL*) and
 ``softmax_focal_loss``; all three take ``(inputs, targets, alpha_per_class, weight,
 normalizer, <scalars>..., compute_grad)`` and return ``(loss, grad_input, grad_scale)``, so one
 fake kernel and one autograd formula serve them all. The schemas live in
-``csrc/sigmoid_focal_loss.cpp`` (``TORCH_LIBRARY``); the CPU and CUDA kernels register
-themselves there too. Here we add what torch.compile and autograd need: shape-only (fake)
-kernels, and a backward that consumes the gradient the forward pass has already computed.
+``csrc/focal_loss.cpp`` (``TORCH_LIBRARY``); the CPU and CUDA kernels register themselves in
+``csrc/cpu`` and ``csrc/cuda``. The scaling words (``host_scale``, ``normalizer``,
+``grad_scale``, prescaled gradient) are defined in ``csrc/problem.h``. Here we add what
+torch.compile and autograd need: shape-only (fake) kernels, and a backward that consumes the
+gradient the forward pass has already computed.
 
 How the backward stays cheap and correct:
 
-* The forward writes ``grad_input`` = d loss / d inputs, already divided by the normalizer
-  (except for float16, see ``grad_scale``), so for ``loss.backward()`` the only thing left is
-  a multiplication by ``grad_output * grad_scale``. ``scale_grad_`` reads that product on the
+* The forward writes ``grad_input`` = d loss / d inputs, prescaled: already multiplied by the
+  loss scale (except for float16, where ``grad_scale`` carries it), so for ``loss.backward()``
+  the only thing left is a multiplication by ``grad_output * grad_scale``. ``scale_grad_`` reads that product on the
   device and skips the pass entirely when it is exactly 1; the buffer then *is* the gradient,
   and autograd hands it to ``.grad`` without a copy.
 * The buffer is handed out once. ``scale_grad_`` modifies it in place, so a second backward

@@ -53,7 +53,7 @@ def _alpha_args(alpha, inputs):
 
 
 def _normalizer_args(normalizer):
-    """(scale known on the host, normalizer tensor read on the device or None) for the op."""
+    """(host_scale, normalizer tensor read on the device or None) for the op (csrc/problem.h)."""
     if isinstance(normalizer, torch.Tensor):
         return 1.0, normalizer
     if normalizer is not None:
@@ -125,7 +125,7 @@ def sigmoid_focal_loss(
         normalizer=normalizer,
     )
     alpha_per_class, alpha = _alpha_args(alpha, inputs)
-    scale, normalizer_tensor = _normalizer_args(normalizer)
+    host_scale, normalizer_tensor = _normalizer_args(normalizer)
     loss, _, _ = _ops._OPS.sigmoid_focal_loss(
         inputs,
         targets,
@@ -134,7 +134,7 @@ def sigmoid_focal_loss(
         normalizer_tensor,
         alpha,
         float(gamma),
-        scale,
+        host_scale,
         float(label_smoothing),
         int(ignore_index),
         _REDUCTIONS[reduction],
@@ -197,7 +197,7 @@ def sigmoid_focal_loss_star(
     if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
     alpha_per_class, alpha = _alpha_args(alpha, inputs)
-    scale, normalizer_tensor = _normalizer_args(normalizer)
+    host_scale, normalizer_tensor = _normalizer_args(normalizer)
     loss, _, _ = _ops._OPS.sigmoid_focal_loss_star(
         inputs,
         targets,
@@ -207,7 +207,7 @@ def sigmoid_focal_loss_star(
         alpha,
         float(gamma),
         float(beta),
-        scale,
+        host_scale,
         float(label_smoothing),
         int(ignore_index),
         _REDUCTIONS[reduction],
@@ -276,7 +276,7 @@ def softmax_focal_loss(
             f"alpha must be None or a 1-D tensor of C = {inputs.shape[-1] if inputs.dim() else '?'} "
             f"per-class weights, got {alpha!r:.60}"
         )
-    scale, normalizer_tensor = _normalizer_args(normalizer)
+    host_scale, normalizer_tensor = _normalizer_args(normalizer)
     loss, _, _ = _ops._OPS.softmax_focal_loss(
         inputs,
         targets,
@@ -284,7 +284,7 @@ def softmax_focal_loss(
         weight,
         normalizer_tensor,
         float(gamma),
-        scale,
+        host_scale,
         float(label_smoothing),
         int(ignore_index),
         _REDUCTIONS[reduction],

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "../sigmoid_focal_loss.h"
+#include "../problem.h"
 #include "rows.h"
 
 namespace focal_loss_ext {
@@ -152,10 +152,10 @@ const RowKernels& row_kernels() {
   return kernels_of(current_isa());
 }
 
-void run_rows(SigmoidFocalProblem& p, RowsFn rows_fn) {
+void run_rows(FocalLossProblem& p, RowsFn rows_fn) {
   // On the CPU the normalizer can be read without a device round trip.
-  double factor = p.host_factor;
-  if (p.normalizer.defined()) factor /= p.normalizer.item<double>();
+  double loss_scale = p.host_scale;
+  if (p.normalizer.defined()) loss_scale /= p.normalizer.item<double>();
 
   RowsPlan plan;
   plan.dtype = p.inputs.scalar_type();
@@ -171,8 +171,8 @@ void run_rows(SigmoidFocalProblem& p, RowsFn rows_fn) {
   plan.gamma = p.gamma;
   plan.beta = p.beta;
   plan.smoothing = p.smoothing;
-  plan.loss_factor = factor;
-  plan.grad_factor = p.fold_into_grad ? factor : 1.0;
+  plan.loss_scale = loss_scale;
+  plan.grad_prescale = p.prescale_grad ? loss_scale : 1.0;
   plan.classes = p.classes;
   plan.ignore_index = p.ignore_index;
   plan.loss_out = p.reduction == Reduction::None ? p.loss.mutable_data_ptr() : nullptr;
@@ -200,12 +200,12 @@ void run_rows(SigmoidFocalProblem& p, RowsFn rows_fn) {
     total += r.loss_sum;
     count += r.count;
   }
-  double grad_scale = p.fold_into_grad ? 1.0 : factor;
-  if (p.mean_over_count) {
+  double grad_scale = p.prescale_grad ? 1.0 : loss_scale;
+  if (p.divide_by_count) {
     total /= static_cast<double>(count);  // NaN when every row is ignored, as for an empty mean
     grad_scale = count > 0 ? grad_scale / static_cast<double>(count) : 0.0;
   }
-  if (p.reduction != Reduction::None) p.loss.fill_(total * factor);
+  if (p.reduction != Reduction::None) p.loss.fill_(total * loss_scale);
   p.grad_scale.fill_(grad_scale);
 }
 

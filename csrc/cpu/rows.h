@@ -11,7 +11,7 @@
 
 namespace focal_loss_ext {
 
-struct SigmoidFocalProblem;
+struct FocalLossProblem;
 
 namespace cpu {
 
@@ -31,8 +31,8 @@ struct RowsPlan {
   double gamma;
   double beta;
   double smoothing;
-  double loss_factor;  // multiplies each stored loss (reduction "none")
-  double grad_factor;  // multiplies each stored gradient
+  double loss_scale;     // multiplies each stored loss (reduction "none"); words as in problem.h
+  double grad_prescale;  // multiplies each stored gradient
   int64_t classes;
   int64_t ignore_index;
   void* loss_out;  // reduction "none": (rows, classes) (softmax: (rows)), dtype; else nullptr
@@ -81,7 +81,7 @@ const RowKernels& row_kernels();
 
 // Runs rows_fn over p's rows in fixed-size blocks (in parallel), combines the blocks' partial
 // sums in block order, and fills p.loss (when reduced) and p.grad_scale.
-void run_rows(SigmoidFocalProblem& p, RowsFn rows_fn);
+void run_rows(FocalLossProblem& p, RowsFn rows_fn);
 
 }  // namespace cpu
 }  // namespace focal_loss_ext

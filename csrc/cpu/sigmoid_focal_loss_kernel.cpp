@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../sigmoid_focal_loss.h"
+#include "../problem.h"
 #include "rows.h"
 
 namespace focal_loss_ext {
@@ -17,13 +17,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cpu(const at::
                                                                       const c10::optional<at::Tensor>& normalizer,
                                                                       double alpha,
                                                                       double gamma,
-                                                                      double scale,
+                                                                      double host_scale,
                                                                       double label_smoothing,
                                                                       int64_t ignore_index,
                                                                       int64_t reduction,
                                                                       bool compute_grad) {
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
-                                                     scale, label_smoothing, ignore_index, reduction, compute_grad);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocal, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                   /*beta=*/0.0, host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   run_rows(p, row_kernels().sigmoid);
   return {p.loss, p.grad_input, p.grad_scale};
 }
@@ -37,14 +38,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cpu(
     double alpha,
     double gamma,
     double beta,
-    double scale,
+    double host_scale,
     double label_smoothing,
     int64_t ignore_index,
     int64_t reduction,
     bool compute_grad) {
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
-                                                     scale, label_smoothing, ignore_index, reduction, compute_grad,
-                                                     LossKind::SigmoidFocalStar, beta);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocalStar, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma, beta,
+                   host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   run_rows(p, row_kernels().sigmoid);
   return {p.loss, p.grad_input, p.grad_scale};
 }

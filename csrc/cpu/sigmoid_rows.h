@@ -35,7 +35,7 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
   const Vec beta(static_cast<opmath_t>(p.beta));
   const Vec keep(static_cast<opmath_t>(1 - p.smoothing));
   const Vec half_smoothing(static_cast<opmath_t>(p.smoothing / 2));
-  const Vec loss_factor(static_cast<opmath_t>(p.loss_factor));
+  const Vec loss_scale(static_cast<opmath_t>(p.loss_scale));
   const Vec scalar_alpha_pos(static_cast<opmath_t>(p.alpha_pos));
   const Vec scalar_alpha_neg(static_cast<opmath_t>(p.alpha_neg));
   const Vec zero(0);
@@ -65,7 +65,7 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       label_v = Vec(static_cast<opmath_t>(label));
     }
     const opmath_t w = weight != nullptr ? weight[r] : opmath_t(1);
-    const Vec grad_factor(static_cast<opmath_t>(w * p.grad_factor));
+    const Vec grad_prescale(static_cast<opmath_t>(w * p.grad_prescale));
     const Vec row_weight(w);
     Vec index = lane_index;
     for (int64_t k0 = 0; k0 < K; k0 += kWidth, index = index + Vec(static_cast<opmath_t>(kWidth))) {
@@ -86,13 +86,13 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       }
       const LossGrad<Vec> lg = rule(xv, tv, alpha_pos, alpha_neg, gamma, beta);
       if (loss_out != nullptr) {
-        store(loss_out + base + k0, lg.loss * (row_weight * loss_factor), n);
+        store(loss_out + base + k0, lg.loss * (row_weight * loss_scale), n);
       } else {
         // lanes past n hold the loss of padding zeros: keep them out of the sum
         acc = at::vec::fmadd(n == kWidth ? lg.loss : Vec::set(zero, lg.loss, n), row_weight, acc);
       }
       if constexpr (kGrad) {
-        store(grad_out + base + k0, lg.grad * grad_factor, n);
+        store(grad_out + base + k0, lg.grad * grad_prescale, n);
       }
     }
   }

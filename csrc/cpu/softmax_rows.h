@@ -95,7 +95,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
     const Vec lse(lse_scalar);  // log sum_k exp(z_k)
 
     const opmath_t w_row = weight != nullptr ? weight[r] : opmath_t(1);
-    const opmath_t grad_factor = static_cast<opmath_t>(w_row * p.grad_factor);
+    const opmath_t grad_prescale = static_cast<opmath_t>(w_row * p.grad_prescale);
     opmath_t row_loss;
     if constexpr (kHard) {
       const opmath_t log_p_y = static_cast<opmath_t>(x[label]) - lse_scalar;
@@ -104,12 +104,12 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       row_loss = term.loss;
       if (grad_out != nullptr) {
         scalar_t* g = grad_out + r * C;
-        const Vec coef(-term.grad * grad_factor);
+        const Vec coef(-term.grad * grad_prescale);
         for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
           const int64_t n = std::min(kWidth, C - k0);
           store(g + k0, Math<Vec>::exp(load<opmath_t>(x + k0, n) - lse) * coef, n);
         }
-        g[label] = static_cast<scalar_t>(softmax_label_grad(term.grad, log_p_y) * grad_factor);
+        g[label] = static_cast<scalar_t>(softmax_label_grad(term.grad, log_p_y) * grad_prescale);
       }
     } else {
       const auto* t = static_cast<const scalar_t*>(p.targets) + r * C;
@@ -141,7 +141,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       if (grad_out != nullptr) {
         scalar_t* g = grad_out + r * C;
         const Vec u_sum(sum_lanes(u_acc));
-        const Vec factor(grad_factor);
+        const Vec factor(grad_prescale);
         for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
           const int64_t n = std::min(kWidth, C - k0);
           const Vec prob = Math<Vec>::exp(load<opmath_t>(x + k0, n) - lse);
@@ -151,7 +151,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
     }
     row_loss *= w_row;
     if (loss_out != nullptr) {
-      loss_out[r] = static_cast<scalar_t>(row_loss * static_cast<opmath_t>(p.loss_factor));
+      loss_out[r] = static_cast<scalar_t>(row_loss * static_cast<opmath_t>(p.loss_scale));
     } else {
       result.loss_sum += static_cast<double>(row_loss);
     }

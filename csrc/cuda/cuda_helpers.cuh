@@ -24,6 +24,15 @@ constexpr int kWarps = kThreads / 32;
 // 16-byte accesses: the widest single load/store instruction (LDG.E.128 / STG.E.128).
 constexpr int kAccessBytes = 16;
 
+// The two pieces of CUDA syntax a host C++ compiler cannot read, as macros, so that the kernels
+// also build as C++ against the emulated device (csrc/emu), which defines its own versions first.
+#ifndef FOCAL_LOSS_EXT_LAUNCH
+#define FOCAL_LOSS_EXT_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#endif
+#ifndef FOCAL_LOSS_EXT_SHARED_ARRAY
+#define FOCAL_LOSS_EXT_SHARED_ARRAY(type, name, size) __shared__ type name[size]
+#endif
+
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
@@ -36,10 +45,11 @@ bool aligned(const void* p) {
 int multiprocessor_count(int device) {
   // Read once per device: cudaDeviceGetAttribute does not synchronize, but it is not free.
   static int counts[64] = {};
-  if (device < 64 && counts[device] > 0) return counts[device];
+  const bool cached = device >= 0 && device < 64;
+  if (cached && counts[device] > 0) return counts[device];
   int count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < 64) counts[device] = count;
+  if (cached) counts[device] = count;
   return count;
 }
 
@@ -63,7 +73,7 @@ int64_t grid_for(int64_t work_items, int device, int blocks_per_sm) {
 // order); the result is valid in thread 0.
 template <typename T>
 __device__ T block_sum(T value) {
-  __shared__ T warp_sums[kWarps];
+  FOCAL_LOSS_EXT_SHARED_ARRAY(T, warp_sums, kWarps);
   for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -91,23 +101,22 @@ __device__ __forceinline__ T warp_all_max(T value) {
   return value;
 }
 
-// The loss factor: the host part (scale, 1 / numel) over the device normalizer, if any.
-// Args is any kernel-argument struct with normalizer and host_factor members.
+// loss_scale without the count (problem.h): host_scale over the device normalizer, if any.
+// Args is any kernel-argument struct with normalizer and host_scale members.
 template <typename Args>
-__device__ __forceinline__ auto loss_factor(const Args& a) {
-  return a.normalizer != nullptr ? a.host_factor / *a.normalizer : a.host_factor;
+__device__ __forceinline__ auto loss_scale_of(const Args& a) {
+  return a.normalizer != nullptr ? a.host_scale / *a.normalizer : a.host_scale;
 }
 
 // One block: sums the partials in a fixed order and writes the loss and grad_scale. Args also
-// needs fold_into_grad and mean_over_count.
+// needs prescale_grad and divide_by_count.
 template <typename scalar_t, typename Args>
-__global__ void __launch_bounds__(kThreads)
-    focal_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial_sums,
-                          const int64_t* __restrict__ partial_counts,
-                          int64_t partials,
-                          scalar_t* __restrict__ loss,
-                          at::opmath_type<scalar_t>* __restrict__ grad_scale,
-                          const Args a) {
+__global__ void __launch_bounds__(kThreads) finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial_sums,
+                                                            const int64_t* __restrict__ partial_counts,
+                                                            int64_t partials,
+                                                            scalar_t* __restrict__ loss,
+                                                            at::opmath_type<scalar_t>* __restrict__ grad_scale,
+                                                            const Args a) {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t sum = 0;
   int64_t count = 0;
@@ -116,15 +125,15 @@ __global__ void __launch_bounds__(kThreads)
     count += partial_counts[i];
   }
   sum = block_sum(sum);
-  if (a.mean_over_count) count = block_sum(count);
+  if (a.divide_by_count) count = block_sum(count);
   if (threadIdx.x != 0) return;
-  const opmath_t factor = loss_factor(a);
-  opmath_t scale = a.fold_into_grad ? opmath_t(1) : factor;
-  if (a.mean_over_count) {
+  const opmath_t loss_scale = loss_scale_of(a);
+  opmath_t scale = a.prescale_grad ? opmath_t(1) : loss_scale;
+  if (a.divide_by_count) {
     sum /= static_cast<opmath_t>(count);  // NaN when every row is ignored, as for an empty mean
     scale = count > 0 ? scale / static_cast<opmath_t>(count) : opmath_t(0);
   }
-  *loss = static_cast<scalar_t>(sum * factor);
+  *loss = static_cast<scalar_t>(sum * loss_scale);
   *grad_scale = scale;
 }
 

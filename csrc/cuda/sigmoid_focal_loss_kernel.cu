@@ -14,7 +14,7 @@
 
 #include <limits>
 
-#include "../sigmoid_focal_loss.h"
+#include "../problem.h"
 #include "cuda_helpers.cuh"
 
 namespace focal_loss_ext {
@@ -32,9 +32,9 @@ struct ForwardArgs {
   opmath_t beta;            // FL* only
   opmath_t keep;            // 1 - label_smoothing
   opmath_t half_smoothing;  // label_smoothing / 2
-  opmath_t host_factor;
-  bool fold_into_grad;
-  bool mean_over_count;
+  opmath_t host_scale;
+  bool prescale_grad;
+  bool divide_by_count;
   int64_t classes;
   int64_t ignore_index;
   int64_t packs;          // rows * classes / kVec
@@ -56,9 +56,10 @@ __global__ void __launch_bounds__(kThreads)
   using opmath_t = at::opmath_type<scalar_t>;
   using VecT = Pack<scalar_t, kVec>;
   const Rule rule;
-  const opmath_t factor = loss_factor(a);
-  const opmath_t grad_factor = a.fold_into_grad ? factor : opmath_t(1);
-  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *grad_scale = a.fold_into_grad ? opmath_t(1) : factor;
+  const opmath_t loss_scale = loss_scale_of(a);
+  const opmath_t grad_prescale = a.prescale_grad ? loss_scale : opmath_t(1);
+  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0)
+    *grad_scale = a.prescale_grad ? opmath_t(1) : loss_scale;
 
   // Grid-stride over packs, carrying (row, column) forward instead of dividing every step.
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -110,8 +111,8 @@ __global__ void __launch_bounds__(kThreads)
             rule(static_cast<opmath_t>(x.v[j]), target, alpha_pos, alpha_neg, a.gamma, a.beta);
         const opmath_t loss = lg.loss * w;
         acc += loss;
-        loss_pack.v[j] = static_cast<scalar_t>(loss * factor);
-        grad_pack.v[j] = static_cast<scalar_t>(lg.grad * (w * grad_factor));
+        loss_pack.v[j] = static_cast<scalar_t>(loss * loss_scale);
+        grad_pack.v[j] = static_cast<scalar_t>(lg.grad * (w * grad_prescale));
       }
     }
     if (loss_out != nullptr) *reinterpret_cast<VecT*>(loss_out + offset) = loss_pack;
@@ -126,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (partial_sums == nullptr) return;  // reduction "none"
   acc = block_sum(acc);
-  if (a.mean_over_count) count = block_sum(count);
+  if (a.divide_by_count) count = block_sum(count);
   if (threadIdx.x == 0) {
     partial_sums[blockIdx.x] = acc;
     partial_counts[blockIdx.x] = count;
@@ -135,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Launches the forward pass; returns the grid it used (the number of partials written).
 template <typename scalar_t, int kVec, typename Rule, bool kLabels>
-int64_t launch_forward(const SigmoidFocalProblem& p,
+int64_t launch_forward(const FocalLossProblem& p,
                        const ForwardArgs<at::opmath_type<scalar_t>>& args,
                        at::Tensor& partial_sums,
                        at::Tensor& partial_counts,
@@ -147,7 +148,7 @@ int64_t launch_forward(const SigmoidFocalProblem& p,
   const int64_t grid = grid_for(args.packs, device, blocks_per_sm);
   TORCH_INTERNAL_ASSERT(!partial_sums.defined() || grid <= partial_sums.numel());
   const bool reduce = p.reduction != Reduction::None;
-  kernel<<<grid, kThreads, 0, stream>>>(
+  FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(
       p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
       kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
@@ -158,7 +159,7 @@ int64_t launch_forward(const SigmoidFocalProblem& p,
 }
 
 template <typename scalar_t, int kVec, typename Rule>
-int64_t launch_forward_targets(const SigmoidFocalProblem& p,
+int64_t launch_forward_targets(const FocalLossProblem& p,
                                const ForwardArgs<at::opmath_type<scalar_t>>& args,
                                at::Tensor& partial_sums,
                                at::Tensor& partial_counts,
@@ -169,7 +170,7 @@ int64_t launch_forward_targets(const SigmoidFocalProblem& p,
 }
 
 template <typename scalar_t, int kVec>
-int64_t launch_forward_gamma(const SigmoidFocalProblem& p,
+int64_t launch_forward_gamma(const FocalLossProblem& p,
                              const ForwardArgs<at::opmath_type<scalar_t>>& args,
                              at::Tensor& partial_sums,
                              at::Tensor& partial_counts,
@@ -197,7 +198,7 @@ int64_t launch_forward_gamma(const SigmoidFocalProblem& p,
 }
 
 // FL and FL*: the same pass, with the rule picked from p.kind.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalProblem& p) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(FocalLossProblem& p) {
   if (p.inputs.numel() == 0) {
     // Nothing to launch a pass over; fill_ stays on the device (no host round trip).
     if (p.reduction != Reduction::None) {
@@ -228,9 +229,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalPr
     args.beta = static_cast<opmath_t>(p.beta);
     args.keep = static_cast<opmath_t>(1 - p.smoothing);
     args.half_smoothing = static_cast<opmath_t>(p.smoothing / 2);
-    args.host_factor = static_cast<opmath_t>(p.host_factor);
-    args.fold_into_grad = p.fold_into_grad;
-    args.mean_over_count = p.mean_over_count;
+    args.host_scale = static_cast<opmath_t>(p.host_scale);
+    args.prescale_grad = p.prescale_grad;
+    args.divide_by_count = p.divide_by_count;
     args.classes = p.classes;
     args.ignore_index = p.ignore_index;
     args.packs = p.inputs.numel() / vec;
@@ -247,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(SigmoidFocalPr
         vectorize ? launch_forward_gamma<scalar_t, kVecMax>(p, args, partial_sums, partial_counts, device, stream)
                   : launch_forward_gamma<scalar_t, 1>(p, args, partial_sums, partial_counts, device, stream);
     if (reduce) {
-      focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+      FOCAL_LOSS_EXT_LAUNCH(finalize_kernel<scalar_t>, 1, kThreads, 0, stream)(
           partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
           p.loss.mutable_data_ptr<scalar_t>(), p.grad_scale.mutable_data_ptr<opmath_t>(), args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -263,14 +264,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_cuda(const at:
                                                                        const c10::optional<at::Tensor>& normalizer,
                                                                        double alpha,
                                                                        double gamma,
-                                                                       double scale,
+                                                                       double host_scale,
                                                                        double label_smoothing,
                                                                        int64_t ignore_index,
                                                                        int64_t reduction,
                                                                        bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
-                                                     scale, label_smoothing, ignore_index, reduction, compute_grad);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocal, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
+                   /*beta=*/0.0, host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   return run_sigmoid_losses(p);
 }
 
@@ -283,63 +285,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_focal_loss_star_cuda(
     double alpha,
     double gamma,
     double beta,
-    double scale,
+    double host_scale,
     double label_smoothing,
     int64_t ignore_index,
     int64_t reduction,
     bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma,
-                                                     scale, label_smoothing, ignore_index, reduction, compute_grad,
-                                                     LossKind::SigmoidFocalStar, beta);
+  FocalLossProblem p =
+      make_problem(LossKind::SigmoidFocalStar, inputs, targets, alpha_per_class, weight, normalizer, alpha, gamma, beta,
+                   host_scale, label_smoothing, ignore_index, reduction, compute_grad);
   return run_sigmoid_losses(p);
-}
-
-// grad *= grad_output * grad_scale, both read on the device; every block returns at once
-// when the product is exactly 1, so plain loss.backward() costs one launch and no traffic.
-template <typename scalar_t, int kVec>
-__global__ void __launch_bounds__(kThreads) scale_grad_kernel(scalar_t* __restrict__ grad,
-                                                              const scalar_t* __restrict__ grad_output,
-                                                              const at::opmath_type<scalar_t>* __restrict__ grad_scale,
-                                                              int64_t numel) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using VecT = Pack<scalar_t, kVec>;
-  const opmath_t factor = static_cast<opmath_t>(*grad_output) * *grad_scale;
-  if (factor == opmath_t(1)) return;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t packs = numel / kVec;
-  for (int64_t i = first; i < packs; i += stride) {
-    VecT v = *reinterpret_cast<VecT*>(grad + i * kVec);
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) v.v[j] = static_cast<scalar_t>(static_cast<opmath_t>(v.v[j]) * factor);
-    *reinterpret_cast<VecT*>(grad + i * kVec) = v;
-  }
-  for (int64_t i = packs * kVec + first; i < numel; i += stride) {
-    grad[i] = static_cast<scalar_t>(static_cast<opmath_t>(grad[i]) * factor);
-  }
-}
-
-void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, const at::Tensor& grad_scale) {
-  const c10::cuda::CUDAGuard device_guard(grad_input.device());
-  if (!check_scale_grad_args(grad_input, grad_output, grad_scale)) {
-    scale_grad_elementwise_(grad_input, grad_output, grad_scale);
-    return;
-  }
-  if (grad_input.numel() == 0) return;
-  const at::Tensor go = grad_output.to(grad_input.scalar_type());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_input.scalar_type(), "scale_grad_cuda", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    constexpr int kVecMax = kAccessBytes / sizeof(scalar_t);
-    const auto kernel =
-        aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax> : scale_grad_kernel<scalar_t, 1>;
-    static const int blocks_per_sm = resident_blocks_per_sm(scale_grad_kernel<scalar_t, kVecMax>);
-    const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device(), blocks_per_sm);
-    kernel<<<grid, kThreads, 0, stream>>>(grad_input.mutable_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-                                          grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
 }
 
 }  // namespace
@@ -348,7 +303,6 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
 TORCH_LIBRARY_IMPL(focal_loss_ext, CUDA, m) {
   m.impl("sigmoid_focal_loss", &cuda::sigmoid_focal_loss_cuda);
   m.impl("sigmoid_focal_loss_star", &cuda::sigmoid_focal_loss_star_cuda);
-  m.impl("scale_grad_", &cuda::scale_grad_cuda_);
 }
 
 }  // namespace focal_loss_ext

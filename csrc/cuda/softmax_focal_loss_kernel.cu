@@ -16,7 +16,7 @@
 
 #include <limits>
 
-#include "../sigmoid_focal_loss.h"
+#include "../problem.h"
 #include "cuda_helpers.cuh"
 
 namespace focal_loss_ext {
@@ -33,9 +33,9 @@ struct SoftmaxArgs {
   opmath_t gamma;
   opmath_t keep;    // 1 - label_smoothing
   opmath_t spread;  // label_smoothing / classes
-  opmath_t host_factor;
-  bool fold_into_grad;
-  bool mean_over_count;
+  opmath_t host_scale;
+  bool prescale_grad;
+  bool divide_by_count;
   int64_t rows;
   int64_t classes;
   int64_t ignore_index;
@@ -54,9 +54,10 @@ __global__ void __launch_bounds__(kThreads)
                                  at::opmath_type<scalar_t>* __restrict__ grad_scale,
                                  const SoftmaxArgs<at::opmath_type<scalar_t>> a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const opmath_t factor = loss_factor(a);
-  const opmath_t grad_factor = a.fold_into_grad ? factor : opmath_t(1);
-  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *grad_scale = a.fold_into_grad ? opmath_t(1) : factor;
+  const opmath_t loss_scale = loss_scale_of(a);
+  const opmath_t grad_prescale = a.prescale_grad ? loss_scale : opmath_t(1);
+  if (loss_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0)
+    *grad_scale = a.prescale_grad ? opmath_t(1) : loss_scale;
 
   const int lane = threadIdx.x % kWarpSize;
   const int64_t C = a.classes;
@@ -91,7 +92,7 @@ __global__ void __launch_bounds__(kThreads)
     const opmath_t lse = m + math::log(warp_all_sum(exp_sum));  // log sum_k exp(z_k)
 
     const opmath_t w_row = a.weight != nullptr ? a.weight[row] : opmath_t(1);
-    const opmath_t row_grad_factor = w_row * grad_factor;
+    const opmath_t row_grad_prescale = w_row * grad_prescale;
     opmath_t row_loss;
     if constexpr (kHard) {
       const opmath_t log_p_y = static_cast<opmath_t>(x[label]) - lse;
@@ -99,8 +100,8 @@ __global__ void __launch_bounds__(kThreads)
           softmax_focal_term<kGamma>(log_p_y, a.alpha != nullptr ? a.alpha[label] : opmath_t(1), a.gamma);
       row_loss = term.loss;
       if (g != nullptr) {
-        const opmath_t coef = -term.grad * row_grad_factor;
-        const opmath_t at_label = softmax_label_grad(term.grad, log_p_y) * row_grad_factor;
+        const opmath_t coef = -term.grad * row_grad_prescale;
+        const opmath_t at_label = softmax_label_grad(term.grad, log_p_y) * row_grad_prescale;
         for (int64_t k = lane; k < C; k += kWarpSize) {
           g[k] = static_cast<scalar_t>(k == label ? at_label : math::exp(static_cast<opmath_t>(x[k]) - lse) * coef);
         }
@@ -132,13 +133,13 @@ __global__ void __launch_bounds__(kThreads)
         for (int64_t k = lane; k < C; k += kWarpSize) {
           const opmath_t log_p = static_cast<opmath_t>(x[k]) - lse;
           const LossGrad<opmath_t> term = class_term(k, log_p);
-          g[k] = static_cast<scalar_t>((term.grad - math::exp(log_p) * u_sum) * row_grad_factor);
+          g[k] = static_cast<scalar_t>((term.grad - math::exp(log_p) * u_sum) * row_grad_prescale);
         }
       }
     }
     if (lane == 0) {
       if (loss_out != nullptr) {
-        loss_out[row] = static_cast<scalar_t>(row_loss * w_row * factor);
+        loss_out[row] = static_cast<scalar_t>(row_loss * w_row * loss_scale);
       } else {
         acc += row_loss * w_row;
       }
@@ -146,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (partial_sums == nullptr) return;  // reduction "none"
   acc = block_sum(acc);
-  if (a.mean_over_count) count = block_sum(count);
+  if (a.divide_by_count) count = block_sum(count);
   if (threadIdx.x == 0) {
     partial_sums[blockIdx.x] = acc;
     partial_counts[blockIdx.x] = count;
@@ -154,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename scalar_t, GammaKind kGamma, bool kLabels, bool kHard>
-void launch(const SigmoidFocalProblem& p,
+void launch(const FocalLossProblem& p,
             const SoftmaxArgs<at::opmath_type<scalar_t>>& args,
             int device,
             cudaStream_t stream) {
@@ -166,7 +167,7 @@ void launch(const SigmoidFocalProblem& p,
   const auto opts = p.inputs.options();
   at::Tensor partial_sums = reduce ? at::empty({grid}, opts.dtype(p.grad_scale.scalar_type())) : at::Tensor();
   at::Tensor partial_counts = reduce ? at::empty({grid}, opts.dtype(at::kLong)) : at::Tensor();
-  kernel<<<grid, kThreads, 0, stream>>>(
+  FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(
       p.inputs.const_data_ptr<scalar_t>(), kLabels ? nullptr : p.targets.const_data_ptr<scalar_t>(),
       kLabels ? p.targets.const_data_ptr<int64_t>() : nullptr, reduce ? nullptr : p.loss.mutable_data_ptr<scalar_t>(),
       p.compute_grad ? p.grad_input.mutable_data_ptr<scalar_t>() : nullptr,
@@ -174,7 +175,7 @@ void launch(const SigmoidFocalProblem& p,
       reduce ? partial_counts.mutable_data_ptr<int64_t>() : nullptr, p.grad_scale.mutable_data_ptr<opmath_t>(), args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (reduce) {
-    focal_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+    FOCAL_LOSS_EXT_LAUNCH(finalize_kernel<scalar_t>, 1, kThreads, 0, stream)(
         partial_sums.const_data_ptr<opmath_t>(), partial_counts.const_data_ptr<int64_t>(), grid,
         p.loss.mutable_data_ptr<scalar_t>(), p.grad_scale.mutable_data_ptr<opmath_t>(), args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -182,7 +183,7 @@ void launch(const SigmoidFocalProblem& p,
 }
 
 template <typename scalar_t, GammaKind kGamma>
-void launch_for_targets(const SigmoidFocalProblem& p,
+void launch_for_targets(const FocalLossProblem& p,
                         const SoftmaxArgs<at::opmath_type<scalar_t>>& args,
                         int device,
                         cudaStream_t stream) {
@@ -197,15 +198,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cuda(const at:
                                                                        const c10::optional<at::Tensor>& weight,
                                                                        const c10::optional<at::Tensor>& normalizer,
                                                                        double gamma,
-                                                                       double scale,
+                                                                       double host_scale,
                                                                        double label_smoothing,
                                                                        int64_t ignore_index,
                                                                        int64_t reduction,
                                                                        bool compute_grad) {
   const c10::cuda::CUDAGuard device_guard(inputs.device());
-  SigmoidFocalProblem p = make_sigmoid_focal_problem(inputs, targets, alpha_per_class, weight, normalizer,
-                                                     /*alpha=*/-1.0, gamma, scale, label_smoothing, ignore_index,
-                                                     reduction, compute_grad, LossKind::SoftmaxFocal);
+  FocalLossProblem p = make_problem(LossKind::SoftmaxFocal, inputs, targets, alpha_per_class, weight, normalizer,
+                                    /*alpha=*/-1.0, gamma, /*beta=*/0.0, host_scale, label_smoothing, ignore_index,
+                                    reduction, compute_grad);
   if (p.rows == 0) {
     // Nothing to launch a pass over; fill_ stays on the device (no host round trip).
     if (p.reduction != Reduction::None) {
@@ -226,9 +227,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cuda(const at:
     args.gamma = static_cast<opmath_t>(p.gamma);
     args.keep = static_cast<opmath_t>(1 - p.smoothing);
     args.spread = static_cast<opmath_t>(p.smoothing / static_cast<double>(p.classes));
-    args.host_factor = static_cast<opmath_t>(p.host_factor);
-    args.fold_into_grad = p.fold_into_grad;
-    args.mean_over_count = p.mean_over_count;
+    args.host_scale = static_cast<opmath_t>(p.host_scale);
+    args.prescale_grad = p.prescale_grad;
+    args.divide_by_count = p.divide_by_count;
     args.rows = p.rows;
     args.classes = p.classes;
     args.ignore_index = p.ignore_index;

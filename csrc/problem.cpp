@@ -1,9 +1,8 @@
-// The operator schemas, and the argument handling both backends share.
-#include "sigmoid_focal_loss.h"
+// make_problem() and the checks of scale_grad_, shared by the CPU and CUDA backends.
+#include "problem.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
 
 namespace focal_loss_ext {
 
@@ -27,20 +26,20 @@ at::Tensor as_opmath_vector(
 
 }  // namespace
 
-SigmoidFocalProblem make_sigmoid_focal_problem(const at::Tensor& inputs,
-                                               const at::Tensor& targets,
-                                               const c10::optional<at::Tensor>& alpha_per_class,
-                                               const c10::optional<at::Tensor>& weight,
-                                               const c10::optional<at::Tensor>& normalizer,
-                                               double alpha,
-                                               double gamma,
-                                               double scale,
-                                               double label_smoothing,
-                                               int64_t ignore_index,
-                                               int64_t reduction,
-                                               bool compute_grad,
-                                               LossKind kind,
-                                               double beta) {
+FocalLossProblem make_problem(LossKind kind,
+                              const at::Tensor& inputs,
+                              const at::Tensor& targets,
+                              const c10::optional<at::Tensor>& alpha_per_class,
+                              const c10::optional<at::Tensor>& weight,
+                              const c10::optional<at::Tensor>& normalizer,
+                              double alpha,
+                              double gamma,
+                              double beta,
+                              double host_scale,
+                              double label_smoothing,
+                              int64_t ignore_index,
+                              int64_t reduction,
+                              bool compute_grad) {
   TORCH_CHECK(at::isFloatingType(inputs.scalar_type()),
               "inputs must be a floating tensor (float32, float64, float16 or bfloat16), got ", inputs.scalar_type());
   TORCH_CHECK(inputs.dim() >= 1, "inputs must have shape (..., K) with K classes, got a 0-dim tensor");
@@ -61,7 +60,7 @@ SigmoidFocalProblem make_sigmoid_focal_problem(const at::Tensor& inputs,
   TORCH_CHECK(!loss_per_row || inputs.size(-1) > 0,
               "inputs must have at least one class (a softmax over an empty last dimension), got shape ",
               inputs.sizes());
-  SigmoidFocalProblem p;
+  FocalLossProblem p;
   p.kind = kind;
   p.beta = beta;
   p.classes = inputs.size(-1);
@@ -72,7 +71,7 @@ SigmoidFocalProblem make_sigmoid_focal_problem(const at::Tensor& inputs,
   p.ignore_index = ignore_index;
   p.reduction = static_cast<Reduction>(reduction);
   p.compute_grad = compute_grad;
-  p.fold_into_grad = inputs.scalar_type() != at::kHalf;
+  p.prescale_grad = inputs.scalar_type() != at::kHalf;
   const auto opmath = opmath_dtype(inputs.scalar_type());
 
   const auto target_dtype = targets.scalar_type();
@@ -111,13 +110,13 @@ SigmoidFocalProblem make_sigmoid_focal_problem(const at::Tensor& inputs,
     p.normalizer = n.to(opmath).contiguous();
   }
 
-  p.host_factor = scale;
+  p.host_scale = host_scale;
   if (p.reduction == Reduction::Mean) {
     if (p.labels) {
-      p.mean_over_count = true;
+      p.divide_by_count = true;
     } else {
       // inf for empty input: mean of nothing is NaN
-      p.host_factor /= static_cast<double>(loss_per_row ? p.rows : inputs.numel());
+      p.host_scale /= static_cast<double>(loss_per_row ? p.rows : inputs.numel());
     }
   }
 
@@ -157,33 +156,6 @@ void scale_grad_elementwise_(at::Tensor& grad_input, const at::Tensor& grad_outp
   } else {
     grad_input.copy_(grad_input.to(opmath) * factor);
   }
-}
-
-TORCH_LIBRARY(focal_loss_ext, m) {
-  // Loss and d loss / d inputs in one pass. grad_input is multiplied by grad_scale (a device
-  // value) and by grad_output in the backward; reduction: 0 none, 1 mean, 2 sum; alpha < 0
-  // disables the alpha weighting; scale multiplies loss and gradient (1 / a float normalizer).
-  m.def(
-      "sigmoid_focal_loss(Tensor inputs, Tensor targets, Tensor? alpha_per_class, Tensor? weight, "
-      "Tensor? normalizer, float alpha, float gamma, float scale, float label_smoothing, "
-      "int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad_input, "
-      "Tensor grad_scale)");
-  // FL* (Lin et al., 2017, appendix): as sigmoid_focal_loss, with the shift beta; gamma > 0.
-  m.def(
-      "sigmoid_focal_loss_star(Tensor inputs, Tensor targets, Tensor? alpha_per_class, Tensor? weight, "
-      "Tensor? normalizer, float alpha, float gamma, float beta, float scale, float label_smoothing, "
-      "int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad_input, "
-      "Tensor grad_scale)");
-  // Softmax focal loss over the last dimension; one loss per row. targets: class indices
-  // (ignore_index skipped) or class probabilities; alpha_per_class: optional (C); weight:
-  // optional per row.
-  m.def(
-      "softmax_focal_loss(Tensor inputs, Tensor targets, Tensor? alpha_per_class, Tensor? weight, "
-      "Tensor? normalizer, float gamma, float scale, float label_smoothing, int ignore_index, int reduction, "
-      "bool compute_grad) -> (Tensor loss, Tensor grad_input, Tensor grad_scale)");
-  // grad_input *= grad_output * grad_scale, in place. With a 0-dim grad_output the product is
-  // read on the device and, when it is exactly 1, no element is touched.
-  m.def("scale_grad_(Tensor(a!) grad_input, Tensor grad_output, Tensor grad_scale) -> ()");
 }
 
 }  // namespace focal_loss_ext
