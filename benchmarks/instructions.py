@@ -1,12 +1,13 @@
 """Instructions per element of the CPU row loop, counted by callgrind: repeatable on a shared machine.
 
-    valgrind --tool=callgrind --collect-atstart=no --toggle-collect='focal_loss_ext::cpu::*rows*' \
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect="focal_loss_ext::cpu::run_rows*" \
         --callgrind-out-file=/tmp/cg.out python benchmarks/instructions.py --isa avx512
     callgrind_annotate /tmp/cg.out | head -20            # "PROGRAM TOTALS" / elements = Ir per element
 
 Runs one call of the benchmark's RetinaNet case (K = 80, 2% positives, alpha 0.25, gamma 2, "sum"
-over num_pos) on one thread; only the row loop is counted (the toggle), so the count excludes
-Python, the autograd graph and the allocation. `--report` runs valgrind itself for every
+over num_pos) on one thread; only the CPU block runner (run_rows: the row loop plus a few thousand
+instructions of bookkeeping per call) is counted, so the count excludes Python, the autograd
+graph and the allocation. `--report` runs valgrind itself for every
 (isa, dtype, mode) given and prints the table that benchmarks/notes/cpu-avx512.md quotes.
 """
 
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROWS_FUNCTIONS = "focal_loss_ext::cpu::*rows*"
+ROWS_FUNCTIONS = "focal_loss_ext::cpu::run_rows*"
 
 
 def run_case(anchors: int, dtype: str, mode: str, targets: str, gamma: float) -> None:

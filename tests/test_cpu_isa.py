@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import make_labels, make_logits, make_soft_targets
+from helpers import cpu_isa, make_labels, make_logits, make_soft_targets
 
 from focal_loss_ext import sigmoid_focal_loss, sigmoid_focal_loss_star, softmax_focal_loss
 
@@ -20,12 +20,9 @@ ALL_ISAS = ["portable", "avx2", "avx512"]
 
 @pytest.fixture(params=SUPPORTED)
 def isa(request):
-    """Each supported build in turn, restoring the previous one after."""
-    previous = ops._set_cpu_isa(request.param)
-    try:
+    """Each supported build in turn."""
+    with cpu_isa(request.param):
         yield request.param
-    finally:
-        ops._set_cpu_isa(previous)
 
 
 def run_python(code, **env):
@@ -85,11 +82,8 @@ def all_paths(fn):
     """fn() under every supported build, in SUPPORTED order."""
     results = []
     for name in SUPPORTED:
-        previous = ops._set_cpu_isa(name)
-        try:
+        with cpu_isa(name):
             results.append(fn())
-        finally:
-            ops._set_cpu_isa(previous)
     return results
 
 

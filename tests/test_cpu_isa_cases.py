@@ -9,6 +9,7 @@ import test_focal_loss_star
 import test_forward
 import test_softmax_focal_loss
 import torch
+from helpers import cpu_isa
 
 ops = torch.ops.focal_loss_ext
 DEFAULT_ISA = ops._cpu_isa()
@@ -17,11 +18,8 @@ OTHER_ISAS = [isa for isa in ops._cpu_isas_supported() if isa != DEFAULT_ISA]
 
 @pytest.fixture(autouse=True, params=OTHER_ISAS or [pytest.param(DEFAULT_ISA, marks=pytest.mark.skip("one build"))])
 def isa(request):
-    previous = ops._set_cpu_isa(request.param)
-    try:
+    with cpu_isa(request.param):
         yield request.param
-    finally:
-        ops._set_cpu_isa(previous)
 
 
 # The case tables of the main modules, once more per build.
