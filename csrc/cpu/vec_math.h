@@ -7,7 +7,8 @@
 // checked against float64 over the whole float range in tests/test_cpu_isa.py:
 //   exp         <= 2 ulp for every float input (subnormal results included; NaN -> NaN,
 //               +inf -> inf, -inf -> 0)
-//   log1p_unit  <= 2 ulp on [0, 1], the only range softplus needs (its argument is exp(-|x|))
+//   log1p_unit  <= 3 ulp on [0, 1] (2.75 measured), the only range softplus needs (its
+//               argument is exp(-|x|))
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
