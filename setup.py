@@ -18,6 +18,7 @@ PyTorch must be installed first and visible to the build: pip install --no-build
 """
 
 import os
+import platform
 import sys
 
 from setuptools import find_packages, setup
@@ -78,18 +79,35 @@ print(
 sources = [
     "csrc/focal_loss.cpp",
     "csrc/problem.cpp",
+    "csrc/cpu/rows.cpp",
     "csrc/cpu/sigmoid_focal_loss_kernel.cpp",
     "csrc/cpu/softmax_focal_loss_kernel.cpp",
-    "csrc/cpu/rows_default.cpp",
-    "csrc/cpu/rows_avx2.cpp",
 ]
+# The CPU row loops, one build per instruction set, each with its own flags (the same source,
+# csrc/cpu/rows_isa.h, behind three file names so that their objects do not collide).
+# CPU_CAPABILITY selects at::vec's implementation and the namespace the build's symbols live in;
+# csrc/cpu/rows.cpp picks one build at run time from the CPU's features. -ffp-contract=off: the
+# compiler may not fuse a multiply and an add on its own (GCC does by default, differently per
+# build), so the AVX2 and AVX-512 builds round every operation alike and give bit-identical
+# per-element results; the FMAs the code asks for (at::vec::fmadd) stay.
+ISA_SOURCES = {"csrc/cpu/rows_portable.cpp": ["-ffp-contract=off", "-DCPU_CAPABILITY=DEFAULT"]}
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+if X86:
+    ISA_SOURCES["csrc/cpu/rows_avx2.cpp"] = [
+        "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2",
+    ]  # fmt: skip
+    ISA_SOURCES["csrc/cpu/rows_avx512.cpp"] = [
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-ffp-contract=off",
+        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
+    ]  # fmt: skip
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 # -fopenmp: at::parallel_for's OpenMP backend is an inline `#pragma omp parallel` in ATen's
 # headers, compiled into *this* library; without the flag the pragma is ignored and the CPU
 # kernel runs on one thread whatever torch.set_num_threads says.
 cxx_flags = opt + ["-fopenmp", "-fdiagnostics-color=always"]  # the C++ standard is the one torch asks for
 nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"]
-define_macros = []
+# FOCAL_LOSS_EXT_X86_ISAS: csrc/cpu/rows.cpp dispatches over the x86 builds of ISA_SOURCES.
+define_macros = [("FOCAL_LOSS_EXT_X86_ISAS", None)] if X86 and not EMULATE else []
 include_dirs = []
 if EMULATE:
     # Each .cu becomes a C++ source that includes the emulator first. They are generated (one
@@ -97,6 +115,7 @@ if EMULATE:
     generated = os.path.join("build", "emu-src")
     os.makedirs(generated, exist_ok=True)
     sources = [s for s in sources if not s.startswith("csrc/cpu/")] + ["csrc/emu/cuda_emu.cpp", "csrc/emu/selftest.cpp"]
+    ISA_SOURCES.clear()  # the CPU row loops are replaced by the CUDA kernels
     for cu in sorted(os.listdir(os.path.join("csrc", "cuda"))):
         if not cu.endswith(".cu"):
             continue
@@ -134,6 +153,33 @@ else:
     extension = CppExtension
     extra_compile_args = {"cxx": cxx_flags}
 
+
+class BuildExtensionPerFileFlags(BuildExtension):
+    """BuildExtension, plus ISA_SOURCES compiled each with its own extra flags.
+
+    setuptools (and torch's ninja build) give one set of flags to all of an extension's sources.
+    The ISA sources are instead compiled here, one compile call per flag set through the same
+    (ninja) compiler that BuildExtension sets up, so they get every flag the other sources get
+    plus their own, and are linked in as extra objects.
+    """
+
+    def build_extension(self, ext):
+        if ext.name == "focal_loss_ext._C":
+            objects = []
+            for source, flags in ISA_SOURCES.items():
+                objects += self.compiler.compile(
+                    [source],
+                    output_dir=self.build_temp,
+                    macros=ext.define_macros,
+                    include_dirs=ext.include_dirs,
+                    debug=self.debug,
+                    extra_postargs={**ext.extra_compile_args, "cxx": ext.extra_compile_args["cxx"] + flags},
+                    depends=ext.depends,
+                )
+            ext.extra_objects = [obj for obj in ext.extra_objects if obj not in objects] + objects
+        super().build_extension(ext)
+
+
 setup(
     packages=find_packages(include=["focal_loss_ext", "focal_loss_ext.*"]),
     ext_modules=[
@@ -147,6 +193,6 @@ setup(
             py_limited_api=True,
         )
     ],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionPerFileFlags},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

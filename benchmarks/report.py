@@ -55,7 +55,14 @@ def environment(device: torch.device, threads: int) -> dict:
         "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threading_env": threading_env(),
-    }
+    } | (cpu_details() if device.type == "cpu" else {})
+
+
+def cpu_details() -> dict:
+    """The CPU's model and the kernel's vector path (instruction-set build) in use."""
+    from focal_loss_ext.env import cpu_model
+
+    return {"cpu_model": cpu_model(), "cpu_isa": torch.ops.focal_loss_ext._cpu_isa()}
 
 
 # Variables that change how CPU threads wait and spread; a shared machine is sensitive to them.
@@ -72,9 +79,9 @@ def short_commit(env: dict) -> str:
 
 
 def output_stem(env: dict, quick: bool) -> str:
-    """<device-slug>-<date>, e.g. cpu-amd-epyc-2t-2026-11-23 or cuda-nvidia-h100-80gb-hbm3-..."""
+    """<device-slug>-<date>, e.g. cpu-amd-epyc-avx512-2t-2026-12-02 or cuda-nvidia-h100-80gb-hbm3-..."""
     slug = re.sub(r"[^a-z0-9]+", "-", env["device_name"].lower()).strip("-")
-    threads = f"-{env['threads']}t" if env["device"] == "cpu" else ""
+    threads = f"-{env['cpu_isa']}-{env['threads']}t" if env["device"] == "cpu" else ""
     return f"{env['device']}-{slug}{threads}-{env['date'][:10]}" + ("-quick" if quick else "")
 
 
@@ -186,7 +193,8 @@ def markdown_report(rows: list[dict], impls: list[str], env: dict, command: str,
                 f"# sigmoid focal loss benchmark: {env['device_name']}",
                 f"Command: `{command}`",
                 "torch {torch}, CUDA {cuda}, Python {python}, commit `{git_commit}`, {date}, "
-                "{threads} CPU thread(s).".format(**env),
+                "{threads} CPU thread(s).".format(**env)
+                + (f" CPU: {env['cpu_model']}; vector path: `{env['cpu_isa']}`." if "cpu_isa" in env else ""),
                 notes,
                 "## Summary",
                 summary_table(rows, impls),

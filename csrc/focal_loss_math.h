@@ -2,9 +2,11 @@
 //
 // Every function here is a template over the arithmetic type T so that the CUDA kernel
 // (T = float or double), the scalar CPU loop and the vectorized CPU loop
-// (T = at::vec::Vectorized<float|double>) all call the same formulas. The primitives
-// (exp, log1p, pow, select, ...) are overloaded for scalars below and for at::vec types
-// in cpu/vec_math.h.
+// (T = at::vec::Vectorized<float|double>) all call the same formulas. They reach their
+// primitives (exp, log1p, pow, select, ...) through Math<T>: the primary template below serves
+// scalars, cpu/vec_math.h specialises it for at::vec vectors. A class specialisation is found
+// wherever it is declared before the loop is instantiated, so the headers may be included in
+// any order.
 //
 // Stability rules, applied throughout:
 //   log sigmoid(x)       = -softplus(-x)
@@ -13,7 +15,6 @@
 //   1 - sigmoid(x)       = sigmoid(-x)
 // so no probability is ever passed to a log, and exp() only ever sees -|x| <= 0.
 #pragma once
-#define FOCAL_LOSS_EXT_MATH_H
 
 #include <c10/macros/Macros.h>
 
@@ -101,6 +102,19 @@ C10_HOST_DEVICE inline T select(bool cond, T a, T b) {
 
 }  // namespace math
 
+// The primitives of arithmetic type T, for the formulas below: scalars here; at::vec vectors in
+// cpu/vec_math.h.
+template <typename T, typename Enable = void>
+struct Math {
+  C10_HOST_DEVICE static T exp(T x) { return math::exp(x); }
+  C10_HOST_DEVICE static T expm1(T x) { return math::expm1(x); }
+  C10_HOST_DEVICE static T log1p_unit(T x) { return math::log1p_unit(x); }
+  C10_HOST_DEVICE static T abs(T x) { return math::abs(x); }
+  C10_HOST_DEVICE static T pow(T x, T y) { return math::pow(x, y); }
+  C10_HOST_DEVICE static T max(T a, T b) { return math::max(a, b); }
+  C10_HOST_DEVICE static T select(bool cond, T a, T b) { return cond ? a : b; }
+};
+
 // sigmoid(x), sigmoid(-x), softplus(x), softplus(-x) from a single exp and a single log1p.
 template <typename T>
 struct SigmoidParts {
@@ -112,20 +126,20 @@ struct SigmoidParts {
 
 template <typename T>
 C10_HOST_DEVICE inline SigmoidParts<T> sigmoid_parts(T x) {
-  using math::select;
+  using M = Math<T>;
   const T zero(0);
   const T one(1);
-  const T e = math::exp(-math::abs(x));  // in (0, 1]: never overflows
-  const T inv = one / (one + e);         // sigmoid(|x|)
-  const T small = e * inv;               // sigmoid(-|x|)
+  const T e = M::exp(-M::abs(x));  // in (0, 1]: never overflows
+  const T inv = one / (one + e);   // sigmoid(|x|)
+  const T small = e * inv;         // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
-  const T l = math::log1p_unit(e);
+  const T l = M::log1p_unit(e);
   SigmoidParts<T> p;
-  p.sig_pos = select(x_nonneg, inv, small);
-  p.sig_neg = select(x_nonneg, small, inv);
+  p.sig_pos = M::select(x_nonneg, inv, small);
+  p.sig_neg = M::select(x_nonneg, small, inv);
   // max(x, 0) written as a select so that a NaN logit stays NaN through every output.
-  p.sp_pos = select(x_nonneg, x, zero) + l;
-  p.sp_neg = select(x_nonneg, zero, -x) + l;
+  p.sp_pos = M::select(x_nonneg, x, zero) + l;
+  p.sp_neg = M::select(x_nonneg, zero, -x) + l;
   return p;
 }
 
@@ -173,9 +187,9 @@ C10_HOST_DEVICE inline LossGrad<T> sigmoid_focal_term(T x, T t, T alpha_pos, T a
       dq_gamma = (q + q) * dq;
     } else {
       const T zero(0);
-      q_gamma = math::pow(q, gamma);
+      q_gamma = Math<T>::pow(q, gamma);
       const auto q_pos = q > zero;
-      const T r = math::select(q_pos, dq / math::select(q_pos, q, one), zero);
+      const T r = Math<T>::select(q_pos, dq / Math<T>::select(q_pos, q, one), zero);
       dq_gamma = gamma * q_gamma * r;
     }
     out.loss = a_t * ce * q_gamma;
@@ -248,8 +262,8 @@ C10_HOST_DEVICE inline LossGrad<T> softmax_focal_term(T log_p, T w, T gamma) {
     out.grad = -w;
   } else {
     const T one(1);
-    const T p = math::exp(log_p);
-    const T r = -math::expm1(log_p);  // 1 - p
+    const T p = Math<T>::exp(log_p);
+    const T r = -Math<T>::expm1(log_p);  // 1 - p
     if constexpr (kGamma == GammaKind::One) {
       out.loss = -w * r * log_p;
       out.grad = w * (p * log_p - r);
@@ -258,9 +272,9 @@ C10_HOST_DEVICE inline LossGrad<T> softmax_focal_term(T log_p, T w, T gamma) {
       out.grad = w * r * (T(2) * p * log_p - r);
     } else {
       const T zero(0);
-      const T r_gamma = math::pow(r, gamma);
+      const T r_gamma = Math<T>::pow(r, gamma);
       const auto r_pos = r > zero;
-      const T ratio = math::select(r_pos, log_p / math::select(r_pos, r, one), -one);  // log p / (1 - p)
+      const T ratio = Math<T>::select(r_pos, log_p / Math<T>::select(r_pos, r, one), -one);  // log p / (1 - p)
       out.loss = -w * r_gamma * log_p;
       out.grad = w * r_gamma * (gamma * p * ratio - one);
     }
@@ -271,7 +285,7 @@ C10_HOST_DEVICE inline LossGrad<T> softmax_focal_term(T log_p, T w, T gamma) {
 // Hard label y: the gradient at the target class, u_y (1 - p_y). (Every other class gets -p_j u_y.)
 template <typename T>
 C10_HOST_DEVICE inline T softmax_label_grad(T u_y, T log_p_y) {
-  return -u_y * math::expm1(log_p_y);
+  return -u_y * Math<T>::expm1(log_p_y);
 }
 
 }  // namespace focal_loss_ext

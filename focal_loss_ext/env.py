@@ -28,11 +28,30 @@ def cuda_archs_in_library(path: str) -> str:
     return ", ".join(archs) or "none"
 
 
+def cpu_model() -> str:
+    """The CPU's model name, and its family/model where a hypervisor shortens the name."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in info.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    name = fields.get("model name", platform.machine())
+    if "family" in name.lower() or "cpu family" not in fields:
+        return name
+    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
+
+
 def report() -> str:
     from . import _C, __version__
 
-    forced_portable = os.environ.get("ATEN_CPU_CAPABILITY") == "default"
-    vector_code = "portable (ATEN_CPU_CAPABILITY=default)" if forced_portable else "AVX2 where the CPU has it"
+    ops = torch.ops.focal_loss_ext
+    forced = os.environ.get("FOCAL_LOSS_EXT_CPU_ISA")
+    vector_code = f"{ops._cpu_isa()} (supported: {', '.join(ops._cpu_isas_supported())}; " + (
+        f"forced by FOCAL_LOSS_EXT_CPU_ISA={forced})" if forced else "set FOCAL_LOSS_EXT_CPU_ISA to force one)"
+    )
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CUDA")
     # The emulated flavour's CPU kernels are the CUDA kernels, run on the emulated device.
     emulated = bool(getattr(_C, "emulated_cuda", 0))
@@ -45,6 +64,7 @@ def report() -> str:
         f"focal_loss_ext      {__version__} ({_C.__file__})",
         f"python              {platform.python_version()} on {platform.machine()}",
         f"torch               {torch.__version__} (built with CUDA {torch.version.cuda})",
+        f"CPU                 {cpu_model()}",
         f"CPU threads         {torch.get_num_threads()} (torch.get_num_threads)",
         f"CPU kernel          {cpu_kernel}",
         f"CUDA kernel built   {'yes' if _C.with_cuda else 'no'}; registered: {'yes' if has_cuda_kernel else 'no'}",

@@ -1,5 +1,7 @@
 """Input makers and comparisons shared by the operator tests."""
 
+import contextlib
+
 import pytest
 import torch
 import torchvision
@@ -136,3 +138,13 @@ def make_probabilities(shape, dtype, device):
     hard = torch.rand(shape[:-1]) < 0.3
     p[hard] = torch.nn.functional.one_hot(p[hard].argmax(-1), shape[-1]).double()
     return p.to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def cpu_isa(name):
+    """Runs the CPU kernel's `name` build (portable, avx2, avx512) inside the block."""
+    previous = torch.ops.focal_loss_ext._set_cpu_isa(name)
+    try:
+        yield name
+    finally:
+        torch.ops.focal_loss_ext._set_cpu_isa(previous)

@@ -1,5 +1,6 @@
-// The CPU row loop's interface: plain data, so that the loop can be compiled once per CPU
-// capability (rows_default.cpp, rows_avx2.cpp) and picked at run time.
+// The CPU row loops' interface: plain data, so that the loops can be compiled once per
+// instruction set (rows_portable.cpp, rows_avx2.cpp, rows_avx512.cpp, each with its own compiler
+// flags; see setup.py) and one set picked at run time (rows.cpp).
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -47,19 +48,39 @@ struct RowsResult {
 
 using RowsFn = RowsResult (*)(const RowsPlan&, int64_t row_begin, int64_t row_end);
 
-RowsResult sigmoid_focal_rows_default(const RowsPlan&, int64_t, int64_t);
-RowsResult sigmoid_focal_rows_avx2(const RowsPlan&, int64_t, int64_t);
-RowsResult softmax_focal_rows_default(const RowsPlan&, int64_t, int64_t);
-RowsResult softmax_focal_rows_avx2(const RowsPlan&, int64_t, int64_t);
+// The vector primitives of vec_math.h, exposed so that tests can hold them against float64.
+enum class VecMathFn : int { Exp = 0, Log1pUnit = 1 };
+using VecMathApplyFn = void (*)(VecMathFn, const float* in, float* out, int64_t n);
 
-// Whether the AVX2 row loops may run: the CPU has AVX2, FMA and F16C, and
-// ATEN_CPU_CAPABILITY=default does not ask for the portable code (as it does for PyTorch's own
-// kernels). Defined in sigmoid_focal_loss_kernel.cpp.
-bool use_avx2();
+// What one instruction-set build provides.
+struct RowKernels {
+  RowsFn sigmoid;
+  RowsFn softmax;
+  VecMathApplyFn vec_math;
+};
+
+// One per build, in the namespace at::vec uses for that ISA.
+namespace DEFAULT {
+extern const RowKernels kRowKernels;
+}
+#if defined(FOCAL_LOSS_EXT_X86_ISAS)
+namespace AVX2 {
+extern const RowKernels kRowKernels;
+}
+namespace AVX512 {
+extern const RowKernels kRowKernels;
+}
+#endif
+
+// The instruction sets, from the most portable up.
+enum class Isa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
+
+// The build in use: the widest the CPU supports, or the one FOCAL_LOSS_EXT_CPU_ISA names
+// (checked: a bad name or an ISA this CPU lacks is an error). Chosen once, on first use.
+const RowKernels& row_kernels();
 
 // Runs rows_fn over p's rows in fixed-size blocks (in parallel), combines the blocks' partial
-// sums in block order, and fills p.loss (when reduced) and p.grad_scale. Defined in
-// sigmoid_focal_loss_kernel.cpp.
+// sums in block order, and fills p.loss (when reduced) and p.grad_scale.
 void run_rows(FocalLossProblem& p, RowsFn rows_fn);
 
 }  // namespace cpu

@@ -1,5 +1,5 @@
-// CPU backend of the softmax focal loss: the row loop (softmax_rows_impl.h, one per CPU
-// capability) run by the block runner that the sigmoid losses use.
+// CPU backend of the softmax focal loss: the row loop (softmax_rows.h, one build per
+// instruction set) run by the block runner of rows.cpp.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cpu(const at::
   FocalLossProblem p = make_problem(LossKind::SoftmaxFocal, inputs, targets, alpha_per_class, weight, normalizer,
                                     /*alpha=*/-1.0, gamma, /*beta=*/0.0, host_scale, label_smoothing, ignore_index,
                                     reduction, compute_grad);
-  run_rows(p, use_avx2() ? &softmax_focal_rows_avx2 : &softmax_focal_rows_default);
+  run_rows(p, row_kernels().softmax);
   return {p.loss, p.grad_input, p.grad_scale};
 }
 

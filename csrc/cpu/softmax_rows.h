@@ -1,17 +1,22 @@
 // The CPU row loop of the softmax focal loss, templated over dtype, gamma and target form; the
-// math is in focal_loss_math.h. Included after rows_impl.h by rows_<capability>.cpp, so that it
-// is compiled once per CPU capability like the sigmoid loop.
+// math is in focal_loss_math.h. Compiled once per instruction set by rows_<isa>.cpp, like the
+// sigmoid loop.
 //
 // Each row is read three times (max, sum of exponentials, gradient) -- four with soft targets or
 // label smoothing, whose u_c are kept in a row-sized buffer between the last two passes. A row
 // of 1000 float logits is 4 KB, so every pass after the first reads it from L1.
 #pragma once
 
-#include "rows_impl.h"
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
+
+#include "rows.h"
+#include "vec_io.h"
+#include "vec_math.h"
 
 namespace focal_loss_ext {
 namespace cpu {
@@ -77,13 +82,13 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
     for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
       const int64_t n = std::min(kWidth, C - k0);
       const Vec v = load<opmath_t>(x + k0, n);
-      row_max = math::max(row_max, n == kWidth ? v : Vec::set(lowest, v, n));
+      row_max = Math<Vec>::max(row_max, n == kWidth ? v : Vec::set(lowest, v, n));
     }
     const Vec m(max_lanes(row_max));
     Vec exp_sum = zero;
     for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
       const int64_t n = std::min(kWidth, C - k0);
-      const Vec e = math::exp(load<opmath_t>(x + k0, n) - m);
+      const Vec e = Math<Vec>::exp(load<opmath_t>(x + k0, n) - m);
       exp_sum = exp_sum + (n == kWidth ? e : Vec::set(zero, e, n));
     }
     const opmath_t lse_scalar = max_lanes(m) + std::log(sum_lanes(exp_sum));
@@ -102,7 +107,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
         const Vec coef(-term.grad * grad_prescale);
         for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
           const int64_t n = std::min(kWidth, C - k0);
-          store(g + k0, math::exp(load<opmath_t>(x + k0, n) - lse) * coef, n);
+          store(g + k0, Math<Vec>::exp(load<opmath_t>(x + k0, n) - lse) * coef, n);
         }
         g[label] = static_cast<scalar_t>(softmax_label_grad(term.grad, log_p_y) * grad_prescale);
       }
@@ -139,7 +144,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
         const Vec factor(grad_prescale);
         for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
           const int64_t n = std::min(kWidth, C - k0);
-          const Vec prob = math::exp(load<opmath_t>(x + k0, n) - lse);
+          const Vec prob = Math<Vec>::exp(load<opmath_t>(x + k0, n) - lse);
           store(g + k0, (Vec::loadu(u_row.data() + k0, n) - prob * u_sum) * factor, n);
         }
       }
@@ -176,7 +181,7 @@ RowsResult softmax_rows_for_dtype(const RowsPlan& p, int64_t row_begin, int64_t 
   return softmax_rows_for_gamma<scalar_t, GammaKind::General>(p, row_begin, row_end);
 }
 
-inline RowsResult softmax_rows_dispatch(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
+inline RowsResult softmax_rows(const RowsPlan& p, int64_t row_begin, int64_t row_end) {
   RowsResult result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "softmax_focal_loss_cpu",
                                   [&] { result = softmax_rows_for_dtype<scalar_t>(p, row_begin, row_end); });
