@@ -1,7 +1,7 @@
 """Instructions per element of the CPU row loop, counted by callgrind: repeatable on a shared machine.
 
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect="focal_loss_ext::cpu::run_rows*" \
-        --callgrind-out-file=/tmp/cg.out python benchmarks/instructions.py --isa avx512
+        --callgrind-out-file=/tmp/cg.out python benchmarks/instructions.py --case   # (not AVX-512: valgrind lacks it)
     callgrind_annotate /tmp/cg.out | head -20            # "PROGRAM TOTALS" / elements = Ir per element
 
 Runs one call of the benchmark's RetinaNet case (K = 80, 2% positives, alpha 0.25, gamma 2, "sum"
