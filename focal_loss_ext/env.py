@@ -48,18 +48,17 @@ def report() -> str:
     from . import _C, __version__
 
     ops = torch.ops.focal_loss_ext
-    forced = os.environ.get("FOCAL_LOSS_EXT_CPU_ISA")
-    vector_code = f"{ops._cpu_isa()} (supported: {', '.join(ops._cpu_isas_supported())}; " + (
-        f"forced by FOCAL_LOSS_EXT_CPU_ISA={forced})" if forced else "set FOCAL_LOSS_EXT_CPU_ISA to force one)"
-    )
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("focal_loss_ext::sigmoid_focal_loss", "CUDA")
-    # The emulated flavour's CPU kernels are the CUDA kernels, run on the emulated device.
-    emulated = bool(getattr(_C, "emulated_cuda", 0))
-    cpu_kernel = (
-        "the CUDA kernels on an emulated device (csrc/emu, FOCAL_LOSS_EXT_EMULATE_CUDA=1 build)"
-        if emulated
-        else f"registered, vector code: {vector_code}"
-    )
+    # The emulated flavour's CPU kernels are the CUDA kernels, run on the emulated device; it
+    # builds no CPU row loops, so it has no _cpu_isa operator to ask.
+    if getattr(_C, "emulated_cuda", 0):
+        cpu_kernel = "the CUDA kernels on an emulated device (csrc/emu, FOCAL_LOSS_EXT_EMULATE_CUDA=1 build)"
+    else:
+        forced = os.environ.get("FOCAL_LOSS_EXT_CPU_ISA")
+        cpu_kernel = (
+            f"registered, vector code: {ops._cpu_isa()} (supported: {', '.join(ops._cpu_isas_supported())}; "
+            + (f"forced by FOCAL_LOSS_EXT_CPU_ISA={forced})" if forced else "set FOCAL_LOSS_EXT_CPU_ISA to force one)")
+        )
     lines = [
         f"focal_loss_ext      {__version__} ({_C.__file__})",
         f"python              {platform.python_version()} on {platform.machine()}",
