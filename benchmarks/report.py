@@ -60,9 +60,12 @@ def environment(device: torch.device, threads: int) -> dict:
 
 def cpu_details() -> dict:
     """The CPU's model and the kernel's vector path (instruction-set build) in use."""
+    from focal_loss_ext import _C
     from focal_loss_ext.env import cpu_model
 
-    return {"cpu_model": cpu_model(), "cpu_isa": torch.ops.focal_loss_ext._cpu_isa()}
+    # The emulated-CUDA build runs the CUDA kernels on the CPU and has no CPU instruction-set builds.
+    isa = "emulated-cuda" if getattr(_C, "emulated_cuda", 0) else torch.ops.focal_loss_ext._cpu_isa()
+    return {"cpu_model": cpu_model(), "cpu_isa": isa}
 
 
 # Variables that change how CPU threads wait and spread; a shared machine is sensitive to them.
