@@ -11,7 +11,8 @@ Build settings, read from the environment:
   FOCAL_LOSS_EXT_SANITIZE 1 (emulated flavour): -fsanitize=address,undefined; load with libasan preloaded
   FOCAL_LOSS_EXT_COVERAGE 1 (emulated flavour): -O0 --coverage, for gcov
   TORCH_CUDA_ARCH_LIST    CUDA targets, e.g. "9.0" or "8.0;9.0". Default: the visible GPUs'
-                          architectures, or DEFAULT_ARCHS below when no GPU is visible
+                          architectures (torch's default), or default_cuda_archs() below when no
+                          GPU is visible
   MAX_JOBS                parallel compile jobs (ninja)
 
 PyTorch must be installed first and visible to the build: pip install --no-build-isolation .
@@ -19,7 +20,10 @@ PyTorch must be installed first and visible to the build: pip install --no-build
 
 import os
 import platform
+import re
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import find_packages, setup
 
@@ -31,6 +35,7 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.
 
 try:
     import torch
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:  # build isolation, or torch not installed
     sys.exit(
@@ -40,8 +45,36 @@ except ImportError:  # build isolation, or torch not installed
         "    pip install --no-build-isolation ."
     )
 
-# Used when no GPU is visible: Turing to Hopper as machine code, plus PTX for newer GPUs.
-DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+def default_cuda_archs(nvcc: str) -> str:
+    """The targets when no GPU is visible: machine code for each major architecture that both
+    this nvcc and this torch support, plus PTX of the newest for the GPUs that come after it.
+
+    A cubin runs on every GPU of its major version with the same or a higher minor one (sm_80
+    code on 8.6 and 8.9, sm_120 on 12.1), so the lowest minor of each major serves them all.
+    A major that torch has no kernels for is left out: torch itself would not run there.
+    """
+    listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    nvcc_archs = {divmod(int(n), 10) for n in re.findall(r"compute_(\d+)", listed)}
+    torch_majors = {int(n) // 10 for n in re.findall(r"sm_(\d+)", " ".join(torch.cuda.get_arch_list()))}
+    lowest = {}
+    for major, minor in sorted(nvcc_archs):
+        if major in torch_majors:
+            lowest.setdefault(major, minor)
+    if not lowest:
+        sys.exit(
+            f"no CUDA architecture that both {nvcc} and torch {torch.__version__} support: set TORCH_CUDA_ARCH_LIST"
+        )
+    return ";".join(f"{major}.{minor}" for major, minor in sorted(lowest.items())) + "+PTX"
+
+
+def visible_gpu_archs() -> str:
+    """torch's default with GPUs visible, spelled out so that the library can name its targets:
+    each visible GPU's architecture (capped at the newest torch supports), PTX of the newest."""
+    newest = max(divmod(int(n), 10) for n in re.findall(r"sm_(\d+)", " ".join(torch.cuda.get_arch_list())))
+    archs = {min(torch.cuda.get_device_capability(i), newest) for i in range(torch.cuda.device_count())}
+    return ";".join(f"{major}.{minor}" for major, minor in sorted(archs)) + "+PTX"
+
 
 WITH_CUDA = os.environ.get("FOCAL_LOSS_EXT_CUDA", "auto").lower()
 DEBUG = os.environ.get("FOCAL_LOSS_EXT_DEBUG", "0") == "1"
@@ -65,9 +98,21 @@ if WITH_CUDA == "1" and not cuda_possible:
         f"CUDA_HOME={CUDA_HOME}"
     )
 build_cuda = WITH_CUDA == "1" or (WITH_CUDA == "auto" and cuda_possible)
-if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
-arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs") if build_cuda else ""
+if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    os.environ["TORCH_CUDA_ARCH_LIST"] = (
+        visible_gpu_archs() if torch.cuda.is_available() else default_cuda_archs(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    )
+arch_list = os.environ["TORCH_CUDA_ARCH_LIST"] if build_cuda else ""
+
+# torch compiles a py_limited_api extension against the stable ABI of its oldest supported
+# CPython (-DPy_LIMITED_API=0x030A0000: 3.10); the wheel's tag says the same, as does
+# requires-python in pyproject.toml (tests/test_packaging.py checks that the three agree).
+LIMITED_API = f"cp3{int(cpp_extension.min_supported_cpython, 16) >> 16 & 0xFF}"
+# The library loads only in the torch it was compiled against (C++ ABI, no stable operator ABI):
+# the package depends on that release, and focal_loss_ext/_library.py checks the exact build
+# (local tag included, e.g. +cu130) recorded in BUILD_INFO next to the library at import.
+TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
+BUILD_INFO = "_build_info.py"
 
 flavour = "emulated CUDA device (csrc/cuda on the CPU), " if EMULATE else ""
 print(
@@ -160,24 +205,45 @@ class BuildExtensionPerFileFlags(BuildExtension):
     setuptools (and torch's ninja build) give one set of flags to all of an extension's sources.
     The ISA sources are instead compiled here, one compile call per flag set through the same
     (ninja) compiler that BuildExtension sets up, so they get every flag the other sources get
-    plus their own, and are linked in as extra objects.
+    plus their own, and are linked in as extra objects. The calls run side by side (MAX_JOBS at
+    a time), each in a folder of its own, as torch's ninja build writes one build.ninja per folder.
     """
 
+    def compile_isa_source(self, ext, source, flags):
+        return self.compiler.compile(
+            [source],
+            output_dir=os.path.join(self.build_temp, "isa", os.path.splitext(os.path.basename(source))[0]),
+            macros=ext.define_macros,
+            include_dirs=ext.include_dirs,
+            debug=self.debug,
+            extra_postargs={**ext.extra_compile_args, "cxx": ext.extra_compile_args["cxx"] + flags},
+            depends=ext.depends,
+        )
+
     def build_extension(self, ext):
+        library = self.get_ext_fullpath(ext.name)
+        before = os.path.getmtime(library) if os.path.exists(library) else None
         if ext.name == "focal_loss_ext._C":
-            objects = []
-            for source, flags in ISA_SOURCES.items():
-                objects += self.compiler.compile(
-                    [source],
-                    output_dir=self.build_temp,
-                    macros=ext.define_macros,
-                    include_dirs=ext.include_dirs,
-                    debug=self.debug,
-                    extra_postargs={**ext.extra_compile_args, "cxx": ext.extra_compile_args["cxx"] + flags},
-                    depends=ext.depends,
-                )
+            jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                compiled = pool.map(lambda item: self.compile_isa_source(ext, *item), ISA_SOURCES.items())
+                objects = [obj for objs in compiled for obj in objs]
             ext.extra_objects = [obj for obj in ext.extra_objects if obj not in objects] + objects
         super().build_extension(ext)
+        if ext.name == "focal_loss_ext._C" and (before is None or os.path.getmtime(library) != before):
+            with open(os.path.join(os.path.dirname(library), BUILD_INFO), "w") as f:
+                f.write("# Generated by setup.py: the torch that the library in this folder was compiled against.\n")
+                f.write(f'torch_version = "{torch.__version__}"\n')
+
+    def copy_extensions_to_source(self):
+        """--inplace (and editable installs): the build record goes along with the library."""
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+            built = os.path.join(os.path.dirname(regular_file), BUILD_INFO)
+            if os.path.exists(built):
+                self.copy_file(built, os.path.join(os.path.dirname(inplace_file), BUILD_INFO), level=self.verbose)
 
 
 setup(
@@ -194,5 +260,6 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtensionPerFileFlags},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API}},
+    install_requires=[TORCH_REQUIREMENT],
 )
