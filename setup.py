@@ -14,6 +14,8 @@ Build settings, read from the environment:
                           architectures (torch's default), or default_cuda_archs() below when no
                           GPU is visible
   MAX_JOBS                parallel compile jobs (ninja)
+  NVCC_THREADS            threads per nvcc call, which compile a file's CUDA targets side by side
+                          (so the last file to finish does not leave the other cores idle); default 2
 
 PyTorch must be installed first and visible to the build: pip install --no-build-isolation .
 """
@@ -25,7 +27,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import setuptools
 from setuptools import find_packages, setup
+
+# pip does not install build requirements with --no-build-isolation (which this build needs), so
+# say what pyproject.toml's license field needs before an older setuptools fails to parse it.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(f"focal_loss_ext needs setuptools>=77 to build, found {setuptools.__version__}: pip install -U setuptools")
 
 # torch looks for CUDA via `which nvcc` before /usr/local/cuda; where nvcc is a link on the
 # PATH (e.g. /usr/local/bin/nvcc) that finds a folder without CUDA's libraries. Prefer the
@@ -81,6 +89,7 @@ DEBUG = os.environ.get("FOCAL_LOSS_EXT_DEBUG", "0") == "1"
 EMULATE = os.environ.get("FOCAL_LOSS_EXT_EMULATE_CUDA", "0") == "1"
 SANITIZE = os.environ.get("FOCAL_LOSS_EXT_SANITIZE", "0") == "1"
 COVERAGE = os.environ.get("FOCAL_LOSS_EXT_COVERAGE", "0") == "1"
+NVCC_THREADS = os.environ.get("NVCC_THREADS", "2")
 if WITH_CUDA not in ("auto", "0", "1"):
     sys.exit(f"FOCAL_LOSS_EXT_CUDA must be auto, 0 or 1, got {WITH_CUDA!r}")
 if EMULATE and WITH_CUDA == "1":
@@ -118,7 +127,8 @@ flavour = "emulated CUDA device (csrc/cuda on the CPU), " if EMULATE else ""
 print(
     f"focal_loss_ext build: {flavour}torch {torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME={CUDA_HOME}, "
     f"cuda kernel={'yes' if build_cuda else 'no'} (FOCAL_LOSS_EXT_CUDA={WITH_CUDA}), "
-    f"TORCH_CUDA_ARCH_LIST={arch_list or '-'}, debug={DEBUG}, MAX_JOBS={os.environ.get('MAX_JOBS', '-')}"
+    f"TORCH_CUDA_ARCH_LIST={arch_list or '-'}, debug={DEBUG}, MAX_JOBS={os.environ.get('MAX_JOBS', '-')}, "
+    f"NVCC_THREADS={NVCC_THREADS}"
 )
 
 sources = [
@@ -150,7 +160,10 @@ opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 # headers, compiled into *this* library; without the flag the pragma is ignored and the CPU
 # kernel runs on one thread whatever torch.set_num_threads says.
 cxx_flags = opt + ["-fopenmp", "-fdiagnostics-color=always"]  # the C++ standard is the one torch asks for
-nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"]
+nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + [
+    "--expt-relaxed-constexpr",
+    f"--threads={NVCC_THREADS}",
+]
 # FOCAL_LOSS_EXT_X86_ISAS: csrc/cpu/rows.cpp dispatches over the x86 builds of ISA_SOURCES.
 define_macros = [("FOCAL_LOSS_EXT_X86_ISAS", None)] if X86 and not EMULATE else []
 include_dirs = []
@@ -224,7 +237,8 @@ class BuildExtensionPerFileFlags(BuildExtension):
         library = self.get_ext_fullpath(ext.name)
         before = os.path.getmtime(library) if os.path.exists(library) else None
         if ext.name == "focal_loss_ext._C":
-            jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+            # one at a time without ninja: distutils' compiler is not made for threads
+            jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1) if self.use_ninja else 1
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 compiled = pool.map(lambda item: self.compile_isa_source(ext, *item), ISA_SOURCES.items())
                 objects = [obj for objs in compiled for obj in objs]

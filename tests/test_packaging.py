@@ -97,13 +97,14 @@ def test_source_distribution_holds_every_file_the_build_needs(tmp_path):
         (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, checkout / name)
     env = {**os.environ, "FOCAL_LOSS_EXT_CUDA": "0"}
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")],
         cwd=checkout,
         env=env,
         capture_output=True,
-        check=True,
+        text=True,
     )
+    assert built.returncode == 0, built.stderr
     (sdist,) = (tmp_path / "dist").glob("focal_loss_ext-*.tar.gz")
     with tarfile.open(sdist) as tar:
         members = {name.split("/", 1)[1]: name for name in tar.getnames() if "/" in name}
