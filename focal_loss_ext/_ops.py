@@ -33,6 +33,10 @@ import torch
 from . import _C  # noqa: F401  (loads the kernels and the schemas)
 
 _OPS = torch.ops.focal_loss_ext
+# Added to an operator's `reduction` code (0 none, 1 mean, 2 sum): the loss is returned in opmath
+# (float32 for float16/bfloat16 inputs). The autocast kernels (csrc/autocast.cpp) add it;
+# kOpmathLoss in csrc/problem.h.
+OPMATH_LOSS = 4
 # Name -> whether the loss has one value per row (the class dimension reduced) or per element.
 _LOSS_OPS = {"sigmoid_focal_loss": False, "sigmoid_focal_loss_star": False, "softmax_focal_loss": True}
 
@@ -64,9 +68,13 @@ def _make_fake(per_row: bool):
                         f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}"
                     ),
                 )
-        torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
+        opmath_loss = reduction >= 0 and bool(reduction & OPMATH_LOSS)
+        if opmath_loss:
+            reduction -= OPMATH_LOSS
+        torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2 (+ {OPMATH_LOSS}), got {reduction}")
         unreduced_shape = inputs.shape[:-1] if per_row else inputs.shape
-        loss = inputs.new_empty(unreduced_shape if reduction == 0 else ())
+        loss_dtype = _opmath_dtype(inputs.dtype) if opmath_loss else inputs.dtype
+        loss = inputs.new_empty(unreduced_shape if reduction == 0 else (), dtype=loss_dtype)
         grad = inputs.new_empty(inputs.shape) if compute_grad else inputs.new_empty((0,))
         grad_scale = inputs.new_empty((), dtype=_opmath_dtype(inputs.dtype))
         return loss, grad, grad_scale

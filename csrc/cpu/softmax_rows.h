@@ -50,7 +50,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
   const int64_t C = p.classes;
   const auto* alpha = static_cast<const opmath_t*>(p.alpha);
   const auto* weight = static_cast<const opmath_t*>(p.weight);
-  auto* loss_out = static_cast<scalar_t*>(p.loss_out);
+  const LossOut<scalar_t> loss_out{p.loss_out, p.opmath_loss};
   auto* grad_out = static_cast<scalar_t*>(p.grad_out);
   const opmath_t gamma = static_cast<opmath_t>(p.gamma);
   const Vec zero(0);
@@ -71,7 +71,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
           result.bad_label = true;
           result.first_bad_label = label;
         }
-        if (loss_out != nullptr) loss_out[r] = scalar_t(0);
+        if (loss_out) loss_out.set(r, 0);
         fill_zero<scalar_t>(p.grad_out, r * C, C);
         continue;
       }
@@ -150,8 +150,8 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       }
     }
     row_loss *= w_row;
-    if (loss_out != nullptr) {
-      loss_out[r] = static_cast<scalar_t>(row_loss * static_cast<opmath_t>(p.loss_scale));
+    if (loss_out) {
+      loss_out.set(r, row_loss * static_cast<opmath_t>(p.loss_scale));
     } else {
       result.loss_sum += static_cast<double>(row_loss);
     }
