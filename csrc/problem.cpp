@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <c10/util/accumulate.h>
 
 namespace focal_loss_ext {
 
@@ -68,7 +69,7 @@ FocalLossProblem make_problem(LossKind kind,
   p.kind = kind;
   p.beta = beta;
   p.classes = inputs.size(-1);
-  p.rows = p.classes == 0 ? 0 : inputs.numel() / p.classes;
+  p.rows = c10::multiply_integers(inputs.sizes().slice(0, inputs.dim() - 1));  // K = 0 still has rows
   p.inputs = inputs.contiguous();
   p.gamma = gamma;
   p.smoothing = label_smoothing;

@@ -71,7 +71,8 @@ def _focal_loss(
     if beta is not None:
         scalars.append(float(beta))
     scalars += [host_scale, float(label_smoothing), int(ignore_index), _REDUCTIONS[reduction]]
-    compute_grad = torch.is_grad_enabled() and inputs.requires_grad
+    # float16 computes its gradient in the backward, where grad_output is known (_ops.py)
+    compute_grad = torch.is_grad_enabled() and inputs.requires_grad and inputs.dtype != torch.float16
     loss, _, _ = getattr(_ops._OPS, name)(
         inputs, targets, alpha_per_class, weight, normalizer_tensor, *scalars, compute_grad
     )
