@@ -133,6 +133,7 @@ print(
 
 sources = [
     "csrc/focal_loss.cpp",
+    "csrc/autocast.cpp",
     "csrc/problem.cpp",
     "csrc/cpu/rows.cpp",
     "csrc/cpu/sigmoid_focal_loss_kernel.cpp",

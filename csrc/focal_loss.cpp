@@ -36,8 +36,9 @@ namespace focal_loss_ext {
 
 TORCH_LIBRARY(focal_loss_ext, m) {
   // Loss and d loss / d inputs in one pass; the scaling words (host_scale, normalizer,
-  // grad_scale) are defined in problem.h. reduction: 0 none, 1 mean, 2 sum; alpha < 0 disables
-  // the alpha weighting.
+  // grad_scale) are defined in problem.h. reduction: 0 none, 1 mean, 2 sum, plus kOpmathLoss (4)
+  // for the loss in opmath (float32 for float16/bfloat16 inputs; the autocast kernels in
+  // autocast.cpp add it); alpha < 0 disables the alpha weighting.
   m.def(
       "sigmoid_focal_loss(Tensor inputs, Tensor targets, Tensor? alpha_per_class, Tensor? weight, "
       "Tensor? normalizer, float alpha, float gamma, float host_scale, float label_smoothing, "

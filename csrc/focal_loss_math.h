@@ -247,11 +247,37 @@ struct SigmoidFocalStar {
 // at j = y that is u_y (1 - p_y), with no cancellation. gamma = 0 gives u_c = -w_c and the
 // familiar dL/dz_j = p_j sum_c w_c - w_j.
 //
-// Everything is computed from log p_c = z_c - max(z) - log sum_k exp(z_k - max(z)) (the row's
-// log-softmax, never a log of a probability); 1 - p_c = -expm1(log p_c), accurate near p_c = 1.
+// Everything is computed from the row's log-softmax (never a log of a probability), written so
+// that it keeps relative precision when one class dominates:
+//   log p_c = (z_c - m) - log1p(R),   m = max(z),   R = sum of exp(z_j - m) over j != argmax,
+// i.e. log sum_k exp(z_k - m) with the max's own exp(0) = 1 summed apart: as log(1 + R) it
+// would round to 0 once R < eps (a loss of 0 for a confident correct class, whose true loss is
+// ~R; F.cross_entropy returns that 0). The row loops sum softmax_share_below_max and
+// softmax_at_max over the classes and pass both sums to softmax_log_norm. Then
+// 1 - p_c = -expm1(log p_c), accurate near p_c = 1.
 // For gamma < 1 the factor (1 - p)^(gamma - 1) is unbounded as p -> 1, so the general case writes
 // u_c = w_c (1 - p)^gamma (gamma p log p / (1 - p) - 1), where log p / (1 - p) lies in
 // (-inf, -1] and tends to -1 as p -> 1 (taken as -1 where 1 - p rounds to 0).
+
+// Class z's share of R: exp(z - m) below the row's max m, 0 at it (counted by softmax_at_max
+// instead). A NaN logit makes m NaN, and the share with it.
+template <typename T>
+C10_HOST_DEVICE inline T softmax_share_below_max(T z, T m) {
+  return Math<T>::select(z == m, T(0), Math<T>::exp(z - m));
+}
+
+// 1 for a class at the row's max, else 0.
+template <typename T>
+C10_HOST_DEVICE inline T softmax_at_max(T z, T m) {
+  return Math<T>::select(z == m, T(1), T(0));
+}
+
+// log sum_k exp(z_k - m) = log1p(R) from the row's sums of the two above: R is the shares plus
+// the classes tied at the max but one.
+template <typename T>
+C10_HOST_DEVICE inline T softmax_log_norm(T share_sum, T at_max_count) {
+  return math::log1p(share_sum + (at_max_count - T(1)));
+}
 
 // One class's term: loss = w f(p) and grad = u (the diagonal part above), from log p.
 template <GammaKind kGamma, typename T>

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <c10/util/accumulate.h>
 
 namespace focal_loss_ext {
 
@@ -45,7 +46,11 @@ FocalLossProblem make_problem(LossKind kind,
   TORCH_CHECK(inputs.dim() >= 1, "inputs must have shape (..., K) with K classes, got a 0-dim tensor");
   TORCH_CHECK(targets.device() == inputs.device(), "targets must be on the same device as inputs (", inputs.device(),
               "), got ", targets.device());
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  const bool opmath_loss = (reduction & kOpmathLoss) != 0;
+  TORCH_CHECK(reduction >= 0 && (reduction & ~kOpmathLoss) <= 2,
+              "reduction must be 0 (none), 1 (mean) or 2 (sum), plus ", kOpmathLoss, " for the loss in opmath, got ",
+              reduction);
+  reduction &= ~kOpmathLoss;
   if (kind == LossKind::SigmoidFocalStar) {
     TORCH_CHECK(gamma > 0 && std::isfinite(gamma), "gamma must be a finite number > 0 (FL* divides by it), got ",
                 gamma);
@@ -64,12 +69,13 @@ FocalLossProblem make_problem(LossKind kind,
   p.kind = kind;
   p.beta = beta;
   p.classes = inputs.size(-1);
-  p.rows = p.classes == 0 ? 0 : inputs.numel() / p.classes;
+  p.rows = c10::multiply_integers(inputs.sizes().slice(0, inputs.dim() - 1));  // K = 0 still has rows
   p.inputs = inputs.contiguous();
   p.gamma = gamma;
   p.smoothing = label_smoothing;
   p.ignore_index = ignore_index;
   p.reduction = static_cast<Reduction>(reduction);
+  p.opmath_loss = opmath_loss;
   p.compute_grad = compute_grad;
   p.prescale_grad = inputs.scalar_type() != at::kHalf;
   const auto opmath = opmath_dtype(inputs.scalar_type());
@@ -121,8 +127,9 @@ FocalLossProblem make_problem(LossKind kind,
   }
 
   const auto options = inputs.options();
+  const auto loss_options = opmath_loss ? options.dtype(opmath) : options;
   const auto loss_shape = loss_per_row ? inputs.sizes().slice(0, inputs.dim() - 1) : inputs.sizes();
-  p.loss = p.reduction == Reduction::None ? at::empty(loss_shape, options) : at::empty({}, options);
+  p.loss = p.reduction == Reduction::None ? at::empty(loss_shape, loss_options) : at::empty({}, loss_options);
   p.grad_input = compute_grad ? at::empty(inputs.sizes(), options) : at::empty({0}, options);
   p.grad_scale = at::empty({}, options.dtype(opmath));
   return p;

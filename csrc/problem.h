@@ -40,6 +40,12 @@ namespace focal_loss_ext {
 // element; the softmax loss has one per row (the class dimension is reduced).
 enum class LossKind : int { SigmoidFocal = 0, SigmoidFocalStar = 1, SoftmaxFocal = 2 };
 
+// The operators' `reduction` argument is a Reduction (0 none, 1 mean, 2 sum), plus kOpmathLoss
+// to have the loss returned in opmath (float32 for float16/bfloat16 logits): what the autocast
+// kernels (autocast.cpp) ask for. A flag on an existing argument rather than one more argument,
+// so that every backend's kernel signature stays as it is. The gradient keeps the logits' dtype.
+constexpr int64_t kOpmathLoss = 4;
+
 struct FocalLossProblem {
   LossKind kind = LossKind::SigmoidFocal;
   // Inputs in kernel layout.
@@ -58,6 +64,7 @@ struct FocalLossProblem {
   int64_t rows = 0;
   int64_t classes = 0;
   Reduction reduction = Reduction::None;
+  bool opmath_loss = false;  // the loss in opmath dtype (kOpmathLoss), else in the inputs' dtype
   bool compute_grad = false;
   // The scaling words are defined at the top of this file.
   double host_scale = 1;
@@ -68,7 +75,8 @@ struct FocalLossProblem {
   bool prescale_grad = true;
 
   // Outputs.
-  at::Tensor loss;        // reduced: 0-dim; "none": inputs' shape (softmax: inputs.shape[:-1]); inputs' dtype
+  at::Tensor loss;        // reduced: 0-dim; "none": inputs' shape (softmax: inputs.shape[:-1]); dtype: opmath_loss
+                          // above (the kernels write it in loss.scalar_type())
   at::Tensor grad_input;  // d loss / d inputs, inputs' shape and dtype ((0,) when not computed)
   at::Tensor grad_scale;  // 0-dim opmath: loss_scale / grad_prescale
 };

@@ -13,10 +13,16 @@ gradient the forward pass has already computed.
 How the backward stays cheap and correct:
 
 * The forward writes ``grad_input`` = d loss / d inputs, prescaled: already multiplied by the
-  loss scale (except for float16, where ``grad_scale`` carries it), so for ``loss.backward()``
-  the only thing left is a multiplication by ``grad_output * grad_scale``. ``scale_grad_`` reads that product on the
-  device and skips the pass entirely when it is exactly 1; the buffer then *is* the gradient,
-  and autograd hands it to ``.grad`` without a copy.
+  loss scale, so for ``loss.backward()`` the only thing left is a multiplication by
+  ``grad_output * grad_scale``. ``scale_grad_`` reads that product on the device and skips the
+  pass entirely when it is exactly 1; the buffer then *is* the gradient, and autograd hands it
+  to ``.grad`` without a copy.
+* float16 is the exception: its gradient is computed in the backward, once ``grad_output``
+  (often a loss scale such as 65536) is known, with ``grad_output * grad_scale`` folded into the
+  row weights, so that every element is one rounding of its float32 value. A gradient stored in
+  float16 first and scaled after would be rounded twice, and a small one flushed to a few bits
+  before the loss scale lifts it. (bfloat16 has float32's range, and the loss scales are powers
+  of two: it keeps the saved gradient.)
 * The buffer is handed out once. ``scale_grad_`` modifies it in place, so a second backward
   through the same graph (``retain_graph=True``) cannot reuse it: it recomputes a fresh one
   from the saved inputs with the same kernel (bit-identical), then scales that.
@@ -33,6 +39,11 @@ import torch
 from . import _C  # noqa: F401  (loads the kernels and the schemas)
 
 _OPS = torch.ops.focal_loss_ext
+_SUM = 2  # the reduction code of "sum"
+# Added to an operator's `reduction` code (0 none, 1 mean, 2 sum): the loss is returned in opmath
+# (float32 for float16/bfloat16 inputs). The autocast kernels (csrc/autocast.cpp) add it;
+# kOpmathLoss in csrc/problem.h.
+OPMATH_LOSS = 4
 # Name -> whether the loss has one value per row (the class dimension reduced) or per element.
 _LOSS_OPS = {"sigmoid_focal_loss": False, "sigmoid_focal_loss_star": False, "softmax_focal_loss": True}
 
@@ -64,9 +75,13 @@ def _make_fake(per_row: bool):
                         f"{name} must be on the same device as inputs ({inputs.device}), got {t.device}"
                     ),
                 )
-        torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2, got {reduction}")
+        opmath_loss = reduction >= 0 and bool(reduction & OPMATH_LOSS)
+        if opmath_loss:
+            reduction -= OPMATH_LOSS
+        torch._check(reduction in (0, 1, 2), lambda: f"reduction must be 0, 1 or 2 (+ {OPMATH_LOSS}), got {reduction}")
         unreduced_shape = inputs.shape[:-1] if per_row else inputs.shape
-        loss = inputs.new_empty(unreduced_shape if reduction == 0 else ())
+        loss_dtype = _opmath_dtype(inputs.dtype) if opmath_loss else inputs.dtype
+        loss = inputs.new_empty(unreduced_shape if reduction == 0 else (), dtype=loss_dtype)
         grad = inputs.new_empty(inputs.shape) if compute_grad else inputs.new_empty((0,))
         grad_scale = inputs.new_empty((), dtype=_opmath_dtype(inputs.dtype))
         return loss, grad, grad_scale
@@ -118,6 +133,8 @@ def _backward(op, ctx, grad_loss):
         x, *_, grad_input, grad_scale = ctx.saved_tensors
         if grad_input.shape != x.shape:  # the forward ran without the gradient
             grad_input = None
+    if ctx.saved_tensors[0].dtype == torch.float16:
+        return (_float16_grad(op, ctx, grad_loss, grad_scale),) + nones
     if grad_input is None:
         # The forward ran without the gradient, or a second backward through a retained graph.
         x, targets, alpha_per_class, weight, normalizer = ctx.saved_tensors[:5]
@@ -129,6 +146,28 @@ def _backward(op, ctx, grad_loss):
         grad_loss = grad_loss.unsqueeze(-1)
     factor = grad_loss.to(grad_scale.dtype) * grad_scale
     return ((grad_input.to(grad_scale.dtype) * factor).to(grad_input.dtype),) + nones
+
+
+def _float16_grad(op, ctx, grad_loss, grad_scale):
+    """The float16 gradient with grad_output * grad_scale folded in before its one rounding.
+
+    A factor per row (a reduced loss, or the softmax loss's "none") joins the row weights of a
+    "sum" pass whose loss scale is 1; a factor per element (the sigmoid losses' "none") cannot,
+    so that case computes the gradient from a float32 copy of the logits and scales it there.
+    """
+    x, targets, alpha_per_class, weight, _ = ctx.saved_tensors[:5]
+    *head, _host_scale, label_smoothing, ignore_index, _reduction = ctx.scalars
+    scalars = (*head, 1.0, label_smoothing, ignore_index, _SUM, True)
+    factor = grad_loss.to(grad_scale.dtype) * grad_scale
+    rows_shape = x.shape[:-1]
+    if factor.dim() < x.dim():
+        row_weight = factor if weight is None else weight.reshape(rows_shape).to(factor.dtype) * factor
+        _, grad, _ = op(x, targets, alpha_per_class, row_weight.expand(rows_shape), None, *scalars)
+        return grad
+    # the kernel reads float targets in the logits' dtype: the float32 pass must see the same values
+    targets32 = targets.to(x.dtype).float() if targets.is_floating_point() else targets
+    _, grad32, _ = op(x.float(), targets32, alpha_per_class, weight, None, *scalars)
+    return (grad32 * factor).to(x.dtype)
 
 
 for _name, _per_row in _LOSS_OPS.items():

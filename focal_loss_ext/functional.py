@@ -14,8 +14,15 @@ __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_star", "softmax_focal_loss"
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-# What a caller can get wrong, stated once and appended to the three docstrings (end of file).
-_RAISES = """
+# Stated once and appended to the three docstrings (end of file): autocast, and what a caller
+# can get wrong.
+_AUTOCAST_AND_RAISES = """
+    Under ``torch.autocast`` (CPU or CUDA) the loss is computed from the float16 or bfloat16
+    logits as given (in float32 arithmetic, without a float32 copy of them) and returned in
+    float32 for every reduction, as PyTorch's own losses are, so that a sum above 65504 stays
+    finite and a ``GradScaler``'s scale multiplies a float32 loss; the gradient keeps the logits'
+    dtype. Outside autocast the loss has the logits' dtype.
+
     Raises:
         TypeError: an argument of the wrong type or dtype (``inputs`` not a floating tensor,
             ``targets`` neither floating nor integer, a non-floating ``alpha`` or ``weight``).
@@ -64,7 +71,8 @@ def _focal_loss(
     if beta is not None:
         scalars.append(float(beta))
     scalars += [host_scale, float(label_smoothing), int(ignore_index), _REDUCTIONS[reduction]]
-    compute_grad = torch.is_grad_enabled() and inputs.requires_grad
+    # float16 computes its gradient in the backward, where grad_output is known (_ops.py)
+    compute_grad = torch.is_grad_enabled() and inputs.requires_grad and inputs.dtype != torch.float16
     loss, _, _ = getattr(_ops._OPS, name)(
         inputs, targets, alpha_per_class, weight, normalizer_tensor, *scalars, compute_grad
     )
@@ -213,7 +221,8 @@ def sigmoid_focal_loss(
 
     Returns:
         The loss: a 0-dim tensor for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``'
-        dtype. Gradients flow to ``inputs`` only.
+        dtype, or float32 under ``torch.autocast`` (see below). Gradients flow to ``inputs``
+        only, in ``inputs``' dtype.
     """
     return _focal_loss(
         sigmoid_focal_loss, inputs, targets, alpha, gamma, reduction, weight, normalizer, label_smoothing, ignore_index
@@ -259,7 +268,8 @@ def sigmoid_focal_loss_star(
         weight, normalizer, label_smoothing, ignore_index: as in :func:`sigmoid_focal_loss`.
 
     Returns:
-        The loss, 0-dim for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``' dtype.
+        The loss, 0-dim for ``"sum"``/``"mean"``, else ``inputs``' shape; ``inputs``' dtype, or
+        float32 under ``torch.autocast`` (see below).
     """
     return _focal_loss(
         sigmoid_focal_loss_star,
@@ -318,7 +328,8 @@ def softmax_focal_loss(
 
     Returns:
         The loss: 0-dim for ``"sum"``/``"mean"``, else shape ``inputs.shape[:-1]``; ``inputs``'
-        dtype. Gradients flow to ``inputs`` only.
+        dtype, or float32 under ``torch.autocast`` (see below). Gradients flow to ``inputs``
+        only, in ``inputs``' dtype.
     """
     return _focal_loss(
         softmax_focal_loss, inputs, targets, alpha, gamma, reduction, weight, normalizer, label_smoothing, ignore_index
@@ -326,4 +337,4 @@ def softmax_focal_loss(
 
 
 for _loss in (sigmoid_focal_loss, sigmoid_focal_loss_star, softmax_focal_loss):
-    _loss.__doc__ = _loss.__doc__.rstrip() + "\n" + _RAISES
+    _loss.__doc__ = _loss.__doc__.rstrip() + "\n" + _AUTOCAST_AND_RAISES

@@ -1,10 +1,10 @@
 """The pure-PyTorch focal losses: the specification the fused kernels are tested against.
 
 The sigmoid loss follows ``torchvision.ops.sigmoid_focal_loss`` term by term, FL* follows
-fvcore's ``sigmoid_focal_loss_star`` (plus beta), and the softmax loss is written on top of
-``F.log_softmax``; each adds the options of its fused counterpart in
-:mod:`focal_loss_ext.functional`. They run in whatever dtype they are given; the tests call them
-in float64. Gradients come from autograd.
+fvcore's ``sigmoid_focal_loss_star`` (plus beta), and the softmax loss is written on top of a
+log-softmax that keeps relative precision where ``F.log_softmax`` rounds to 0; each adds the
+options of its fused counterpart in :mod:`focal_loss_ext.functional`. They run in whatever dtype
+they are given; the tests call them in float64. Gradients come from autograd.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def softmax_focal_loss_reference(
     q = q * (1 - label_smoothing) + label_smoothing / classes
     if alpha is not None:
         q = q * alpha.to(inputs.dtype)
-    log_p = F.log_softmax(inputs, dim=-1)
+    log_p = _log_softmax(inputs)
     # 1 - p, kept off 0 so that (1 - p)^gamma has a finite derivative for gamma < 1 (where p = 1,
     # e.g. a single class, the term and its gradient are 0 either way)
     one_minus_p = (-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny)
@@ -107,6 +107,16 @@ def softmax_focal_loss_reference(
     if keep is not None:
         loss = torch.where(keep, loss, torch.zeros_like(loss))
     return _reduce(loss, reduction, keep.sum() if keep is not None else loss.numel(), normalizer)
+
+
+def _log_softmax(z):
+    """log p_c = (z_c - m) - log1p(R), m the row's max and R the sum of exp(z_j - m) over j other
+    than the max's index: F.log_softmax's value, but with relative precision when one class
+    dominates, where log(1 + R) would round to 0 (as in csrc/focal_loss_math.h)."""
+    m, index = z.max(dim=-1, keepdim=True)
+    shifted = z - m
+    rest = shifted.exp().scatter(-1, index, 0.0).sum(-1, keepdim=True)
+    return shifted - torch.log1p(rest)
 
 
 def _sigmoid_targets(inputs, targets, label_smoothing, ignore_index):

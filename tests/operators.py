@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from helpers import make_labels, make_logits, make_probabilities, make_soft_targets
 
 import focal_loss_ext as fl
+from focal_loss_ext._ops import OPMATH_LOSS
 
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 
@@ -55,13 +56,15 @@ class Operator:
         return make_labels(shape[:-1], shape[-1], device, self.ignore_index)
 
     def raw_args(self, x, t, *, alpha=None, weight=None, normalizer=None, gamma=2.0, beta=0.0, reduction="sum",
-                 host_scale=1.0, label_smoothing=0.0, compute_grad=True, scalar_alpha=0.25):  # fmt: skip
-        """Positional arguments of the raw operator."""
+                 host_scale=1.0, label_smoothing=0.0, compute_grad=True, scalar_alpha=0.25,
+                 opmath_loss=False):  # fmt: skip
+        """Positional arguments of the raw operator; opmath_loss asks for the loss in opmath."""
         scalars = [scalar_alpha] if self.scalar_alpha else []
         scalars.append(gamma)
         if self.takes_beta:
             scalars.append(beta)
-        scalars += [host_scale, label_smoothing, self.ignore_index, REDUCTION_CODES[reduction], compute_grad]
+        code = REDUCTION_CODES[reduction] + (OPMATH_LOSS if opmath_loss else 0)
+        scalars += [host_scale, label_smoothing, self.ignore_index, code, compute_grad]
         return (x, t, alpha, weight, normalizer, *scalars)
 
 

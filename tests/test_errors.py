@@ -56,8 +56,9 @@ def test_bad_input_through_the_raw_op():
     op = torch.ops.focal_loss_ext.sigmoid_focal_loss
     with pytest.raises(RuntimeError, match=r"gamma must be a finite number >= 0"):
         op(X, LABELS, None, None, None, 0.25, -1.0, 1.0, 0.0, -1, 2, False)
-    with pytest.raises(RuntimeError, match=r"reduction must be 0 \(none\), 1 \(mean\) or 2 \(sum\)"):
-        op(X, LABELS, None, None, None, 0.25, 2.0, 1.0, 0.0, -1, 5, False)
+    for code in (3, 7, 8, -1):  # 4 is the opmath-loss flag: 5 is "mean" with the loss in opmath
+        with pytest.raises(RuntimeError, match=r"reduction must be 0 \(none\), 1 \(mean\) or 2 \(sum\), plus 4"):
+            op(X, LABELS, None, None, None, 0.25, 2.0, 1.0, 0.0, -1, code, False)
     with pytest.raises(RuntimeError, match=r"label_smoothing must be in \[0, 1\)"):
         op(X, LABELS, None, None, None, 0.25, 2.0, 1.0, 1.5, -1, 2, False)
     grad = torch.zeros(4, 3)

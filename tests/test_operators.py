@@ -206,7 +206,7 @@ def test_empty_input(operator, form, device):
 @pytest.mark.parametrize("operator", [*OPERATORS, "scale_grad_"], ids=str)
 def test_registration(operator):
     """Every operator has a CPU kernel, a CUDA kernel exactly when it was built, a fake (Meta)
-    kernel for torch.compile, and the losses an autograd formula."""
+    kernel for torch.compile, and the losses an autograd formula and autocast kernels."""
     assert focal_loss_ext.__version__
     name = f"focal_loss_ext::{operator}"
     has = torch._C._dispatch_has_kernel_for_dispatch_key
@@ -214,6 +214,7 @@ def test_registration(operator):
     assert has(name, "CUDA") == bool(_C.with_cuda)
     assert has(name, "Meta")
     assert has(name, "Autograd") == (operator != "scale_grad_")
+    assert has(name, "AutocastCPU") == has(name, "AutocastCUDA") == (operator != "scale_grad_")
     if operator == "scale_grad_":
         return
     x, t = sample_inputs(operator, (4, 3), torch.float32, "meta", "labels")

@@ -176,6 +176,7 @@ void run_rows(FocalLossProblem& p, RowsFn rows_fn) {
   plan.classes = p.classes;
   plan.ignore_index = p.ignore_index;
   plan.loss_out = p.reduction == Reduction::None ? p.loss.mutable_data_ptr() : nullptr;
+  plan.opmath_loss = p.opmath_loss;
   plan.grad_out = p.compute_grad ? p.grad_input.mutable_data_ptr() : nullptr;
 
   const int64_t rows_per_block = std::max<int64_t>(1, kElementsPerBlock / std::max<int64_t>(p.classes, 1));

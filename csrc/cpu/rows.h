@@ -35,8 +35,9 @@ struct RowsPlan {
   double grad_prescale;  // multiplies each stored gradient
   int64_t classes;
   int64_t ignore_index;
-  void* loss_out;  // reduction "none": (rows, classes) (softmax: (rows)), dtype; else nullptr
-  void* grad_out;  // (rows, classes), dtype; nullptr when no gradient is wanted
+  void* loss_out;    // reduction "none": (rows, classes) (softmax: (rows)); else nullptr
+  bool opmath_loss;  // loss_out holds opmath values, else dtype ones
+  void* grad_out;    // (rows, classes), dtype; nullptr when no gradient is wanted
 };
 
 struct RowsResult {

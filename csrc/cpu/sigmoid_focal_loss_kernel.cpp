@@ -57,7 +57,9 @@ void scale_grad_cpu_(at::Tensor grad_input, const at::Tensor& grad_output, const
   }
   const double factor = grad_output.item<double>() * grad_scale.item<double>();
   if (factor == 1.0) return;  // plain loss.backward(): the saved buffer already is the gradient
-  grad_input.mul_(factor);
+  // A 0-dim opmath tensor, not a Scalar: mul_(Scalar) would round the factor to grad_input's
+  // dtype first (a loss scale of 65536 is inf in float16).
+  grad_input.mul_(at::scalar_tensor(factor, grad_scale.options()));
 }
 
 }  // namespace

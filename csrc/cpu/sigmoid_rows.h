@@ -29,7 +29,7 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
   const auto* t = static_cast<const scalar_t*>(p.targets);
   const auto* alpha = static_cast<const opmath_t*>(p.alpha);
   const auto* weight = static_cast<const opmath_t*>(p.weight);
-  auto* loss_out = static_cast<scalar_t*>(p.loss_out);
+  const LossOut<scalar_t> loss_out{p.loss_out, p.opmath_loss};
   auto* grad_out = static_cast<scalar_t*>(p.grad_out);
   const Vec gamma(static_cast<opmath_t>(p.gamma));
   const Vec beta(static_cast<opmath_t>(p.beta));
@@ -57,7 +57,7 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
           result.bad_label = true;
           result.first_bad_label = label;
         }
-        fill_zero<scalar_t>(p.loss_out, base, K);
+        loss_out.zero(base, K);
         fill_zero<scalar_t>(p.grad_out, base, K);
         continue;
       }
@@ -85,8 +85,8 @@ RowsResult sigmoid_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
         alpha_neg = one - alpha_pos;
       }
       const LossGrad<Vec> lg = rule(xv, tv, alpha_pos, alpha_neg, gamma, beta);
-      if (loss_out != nullptr) {
-        store(loss_out + base + k0, lg.loss * (row_weight * loss_scale), n);
+      if (loss_out) {
+        loss_out.write(base + k0, lg.loss * (row_weight * loss_scale), n);
       } else {
         // lanes past n hold the loss of padding zeros: keep them out of the sum
         acc = at::vec::fmadd(n == kWidth ? lg.loss : Vec::set(zero, lg.loss, n), row_weight, acc);

@@ -50,7 +50,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
   const int64_t C = p.classes;
   const auto* alpha = static_cast<const opmath_t*>(p.alpha);
   const auto* weight = static_cast<const opmath_t*>(p.weight);
-  auto* loss_out = static_cast<scalar_t*>(p.loss_out);
+  const LossOut<scalar_t> loss_out{p.loss_out, p.opmath_loss};
   auto* grad_out = static_cast<scalar_t*>(p.grad_out);
   const opmath_t gamma = static_cast<opmath_t>(p.gamma);
   const Vec zero(0);
@@ -71,7 +71,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
           result.bad_label = true;
           result.first_bad_label = label;
         }
-        if (loss_out != nullptr) loss_out[r] = scalar_t(0);
+        if (loss_out) loss_out.set(r, 0);
         fill_zero<scalar_t>(p.grad_out, r * C, C);
         continue;
       }
@@ -84,21 +84,27 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       const Vec v = load<opmath_t>(x + k0, n);
       row_max = Math<Vec>::max(row_max, n == kWidth ? v : Vec::set(lowest, v, n));
     }
-    const Vec m(max_lanes(row_max));
-    Vec exp_sum = zero;
+    const opmath_t m_scalar = max_lanes(row_max);
+    const Vec m(m_scalar);
+    Vec shares = zero;
+    Vec at_max = zero;
     for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
       const int64_t n = std::min(kWidth, C - k0);
-      const Vec e = Math<Vec>::exp(load<opmath_t>(x + k0, n) - m);
-      exp_sum = exp_sum + (n == kWidth ? e : Vec::set(zero, e, n));
+      const Vec z = load<opmath_t>(x + k0, n);
+      const Vec share = softmax_share_below_max(z, m);
+      const Vec is_max = softmax_at_max(z, m);
+      // lanes past n hold padding: keep them out of the sums
+      shares = shares + (n == kWidth ? share : Vec::set(zero, share, n));
+      at_max = at_max + (n == kWidth ? is_max : Vec::set(zero, is_max, n));
     }
-    const opmath_t lse_scalar = max_lanes(m) + std::log(sum_lanes(exp_sum));
-    const Vec lse(lse_scalar);  // log sum_k exp(z_k)
+    const opmath_t log_norm_scalar = softmax_log_norm(sum_lanes(shares), sum_lanes(at_max));
+    const Vec log_norm(log_norm_scalar);  // log p_c = (z_c - m) - log_norm
 
     const opmath_t w_row = weight != nullptr ? weight[r] : opmath_t(1);
     const opmath_t grad_prescale = static_cast<opmath_t>(w_row * p.grad_prescale);
     opmath_t row_loss;
     if constexpr (kHard) {
-      const opmath_t log_p_y = static_cast<opmath_t>(x[label]) - lse_scalar;
+      const opmath_t log_p_y = (static_cast<opmath_t>(x[label]) - m_scalar) - log_norm_scalar;
       const LossGrad<opmath_t> term =
           softmax_focal_term<kGamma>(log_p_y, alpha != nullptr ? alpha[label] : opmath_t(1), gamma);
       row_loss = term.loss;
@@ -107,7 +113,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
         const Vec coef(-term.grad * grad_prescale);
         for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
           const int64_t n = std::min(kWidth, C - k0);
-          store(g + k0, Math<Vec>::exp(load<opmath_t>(x + k0, n) - lse) * coef, n);
+          store(g + k0, Math<Vec>::exp((load<opmath_t>(x + k0, n) - m) - log_norm) * coef, n);
         }
         g[label] = static_cast<scalar_t>(softmax_label_grad(term.grad, log_p_y) * grad_prescale);
       }
@@ -118,7 +124,7 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
       Vec u_acc = zero;
       for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
         const int64_t n = std::min(kWidth, C - k0);
-        const Vec log_p = load<opmath_t>(x + k0, n) - lse;
+        const Vec log_p = (load<opmath_t>(x + k0, n) - m) - log_norm;
         Vec q = zero;
         if constexpr (kLabels) {
           if (label >= k0 && label < k0 + n) {
@@ -144,14 +150,14 @@ RowsResult softmax_rows_impl(const RowsPlan& p, int64_t row_begin, int64_t row_e
         const Vec factor(grad_prescale);
         for (int64_t k0 = 0; k0 < C; k0 += kWidth) {
           const int64_t n = std::min(kWidth, C - k0);
-          const Vec prob = Math<Vec>::exp(load<opmath_t>(x + k0, n) - lse);
+          const Vec prob = Math<Vec>::exp((load<opmath_t>(x + k0, n) - m) - log_norm);
           store(g + k0, (Vec::loadu(u_row.data() + k0, n) - prob * u_sum) * factor, n);
         }
       }
     }
     row_loss *= w_row;
-    if (loss_out != nullptr) {
-      loss_out[r] = static_cast<scalar_t>(row_loss * static_cast<opmath_t>(p.loss_scale));
+    if (loss_out) {
+      loss_out.set(r, row_loss * static_cast<opmath_t>(p.loss_scale));
     } else {
       result.loss_sum += static_cast<double>(row_loss);
     }

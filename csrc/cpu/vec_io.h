@@ -125,6 +125,32 @@ inline void fill_zero(void* base, int64_t offset, int64_t n) {
   if (base != nullptr) std::fill_n(static_cast<scalar_t*>(base) + offset, n, scalar_t(0));
 }
 
+// The "none" loss buffer of a row loop over scalar_t inputs: scalar_t values, or opmath ones
+// when the operator returns the loss in opmath (RowsPlan::opmath_loss, under autocast).
+template <typename scalar_t>
+struct LossOut {
+  using opmath_t = at::opmath_type<scalar_t>;
+  void* base;  // nullptr: the loss is reduced
+  bool opmath;
+
+  explicit operator bool() const { return base != nullptr; }
+  void write(int64_t offset, const Vectorized<opmath_t>& v, int64_t n) const {
+    if (opmath) return store(static_cast<opmath_t*>(base) + offset, v, n);
+    store(static_cast<scalar_t*>(base) + offset, v, n);
+  }
+  void set(int64_t offset, opmath_t value) const {
+    if (opmath) {
+      static_cast<opmath_t*>(base)[offset] = value;
+    } else {
+      static_cast<scalar_t*>(base)[offset] = static_cast<scalar_t>(value);
+    }
+  }
+  void zero(int64_t offset, int64_t n) const {
+    if (opmath) return fill_zero<opmath_t>(base, offset, n);
+    fill_zero<scalar_t>(base, offset, n);
+  }
+};
+
 }  // namespace
 }  // namespace cpu
 }  // namespace focal_loss_ext
