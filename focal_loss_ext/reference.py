@@ -277,8 +277,9 @@ def asymmetric_loss_reference(
     s_pos, s_neg = _softplus_pair(inputs)
     positive = torch.exp(-gamma_pos * s_neg) * s_pos
     if clip > 0:
-        shifted = torch.sigmoid(inputs) > clip  # p_m > 0; elsewhere the negative term is 0
-        p_m = torch.where(shifted, torch.sigmoid(inputs) - clip, 1.0)
+        p_m = (1 - clip) - torch.sigmoid(-inputs)  # p - clip, its gradient exact where p -> 1
+        shifted = p_m > 0  # elsewhere the negative term is 0
+        p_m = torch.where(shifted, p_m, 1.0)
         log_not_p_m = torch.log(torch.where(shifted, torch.sigmoid(-inputs) + clip, 1.0))  # log(1 - p_m)
         negative = torch.where(shifted, -(p_m**gamma_neg) * log_not_p_m, 0.0)
     else:
@@ -301,14 +302,14 @@ def _abs_diff_pow(x, q, exponent):
     """``|sigmoid(x) - q|^exponent``, its autograd gradient finite and exact for every finite x.
 
     Where q is 0 or 1 the power is ``p^e = exp(-e softplus(-x))`` or ``(1 - p)^e =
-    exp(-e softplus(x))``. For a soft q it is taken of ``d = p - q``, written as
-    ``(1 - q) p - q (1 - p)`` (no 1 - 1 cancellation), and at d == 0 its derivative is 0 (for
-    exponent < 1 the one-sided derivatives there are infinite).
+    exp(-e softplus(x))``, exact even where p or 1 - p underflows. For a soft q it is taken of
+    ``d = p - q``, and at d == 0 its derivative is 0 (for exponent < 1 the one-sided derivatives
+    there are infinite).
     """
     if exponent == 0:
         return torch.ones_like(x)
     s_pos, s_neg = _softplus_pair(x)
-    d = (1 - q) * torch.sigmoid(x) - q * torch.sigmoid(-x)
+    d = torch.sigmoid(x) - q
     soft = (q > 0) & (q < 1)
     at_zero = soft & (d == 0)
     log_abs_d = torch.log(torch.where(soft & ~at_zero, d.abs(), 1.0))
