@@ -440,3 +440,29 @@ BAD_INPUTS = [
 def test_bad_input_names_the_argument(fn, args, kwargs, error, match):
     with pytest.raises(error, match=match):
         fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_benchmark_baselines_compute_the_reference_loss(name):
+    """The forms benchmarks/family.py times compute the loss of our reference on its inputs, so a
+    fused row added to a case is compared with the same quantity."""
+    from benchmarks import family
+
+    case = family.CASES[name]
+    x = case.make_inputs(case.shapes["quick"][0], torch.device("cpu"), torch.Generator().manual_seed(0))
+    if name == "gaussian_focal_loss":
+        expected = gaussian_focal_loss_reference(
+            x["logits"], x["heatmap"], reduction="sum", normalizer=x["heatmap"].eq(1).sum().clamp(min=1)
+        )
+    elif name == "asymmetric_loss":
+        expected = asymmetric_loss_reference(
+            x["logits"], x["targets"], family.ASL_GAMMA_POS, family.ASL_GAMMA_NEG, family.ASL_CLIP, "sum"
+        )
+    else:
+        params = (family.QFL_BETA,) if name == "quality_focal_loss" else (family.VFL_ALPHA, family.VFL_GAMMA)
+        normalizer = x["scores"].sum().clamp(min=1)
+        expected = REFERENCES[name](x["logits"], x["labels"], x["scores"], *params, "sum", normalizer=normalizer)
+    eager = [impl for impl in case.impls if not impl.compiled]
+    assert eager
+    for impl in eager:
+        torch.testing.assert_close(impl.loss(x), expected, rtol=1e-5, atol=1e-5)
