@@ -7,6 +7,8 @@ tests/family_math.py (what the kernels compute) against autograd of the referenc
 properties (hypothesis) with the argument checks.
 """
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,7 @@ REFERENCES = {
     "gaussian_focal_loss": gaussian_focal_loss_reference,
     "asymmetric_loss": asymmetric_loss_reference,
 }
-SETTINGS = settings(max_examples=30, deadline=None)
+SETTINGS = settings(max_examples=60, deadline=None)
 
 
 def logits(shape, scale=4.0, extremes=True):
@@ -466,3 +468,25 @@ def test_benchmark_baselines_compute_the_reference_loss(name):
     assert eager
     for impl in eager:
         torch.testing.assert_close(impl.loss(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# The public signatures the fused functions will share (positional order, defaults, keyword-only).
+SIGNATURES = {
+    "quality_focal_loss": "(inputs, targets, scores=None, beta=2.0, reduction='none', *, weight=None, "
+    "normalizer=None, ignore_index=-1)",
+    "varifocal_loss": "(inputs, targets, scores=None, alpha=0.75, gamma=2.0, reduction='none', *, "
+    "iou_weighted=True, detach_weight=False, weight=None, normalizer=None, ignore_index=-1)",
+    "gaussian_focal_loss": "(inputs, targets, alpha=2.0, gamma=4.0, reduction='none', *, weight=None, normalizer=None)",
+    "asymmetric_loss": "(inputs, targets, gamma_pos=0.0, gamma_neg=4.0, clip=0.05, reduction='none', *, "
+    "weight=None, normalizer=None, ignore_index=-1)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURES))
+def test_signature(name):
+    signature = inspect.signature(REFERENCES[name])
+    bare = signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty,
+    )
+    assert str(bare) == SIGNATURES[name]
