@@ -270,8 +270,8 @@ def asymmetric_loss_reference(
     interpolates the exponent; the two agree for targets in {0, 1}). Integer labels,
     ``ignore_index`` and the reductions as in :func:`quality_focal_loss_reference`.
     """
-    _check_family(inputs, targets, None, weight, gamma_pos=gamma_pos, gamma_neg=gamma_neg)
-    if not 0 <= clip < 1:
+    _check_family(inputs, targets, None, weight, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+    if clip >= 1:
         raise ValueError(f"clip must be in [0, 1), got {clip!r}")
     t, keep = _sigmoid_targets(inputs, targets, 0.0, ignore_index)
     s_pos, s_neg = _softplus_pair(inputs)
@@ -348,5 +348,7 @@ def _check_family(inputs, targets, scores, weight, heatmap=False, **nonnegative)
     if weight is not None and (not isinstance(weight, torch.Tensor) or tuple(weight.shape) != rows_shape):
         raise ValueError(f"weight must be a tensor of shape inputs.shape[:-1] = {rows_shape} (one per row)")
     for arg, value in nonnegative.items():
-        if not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
+        if not 0 <= value < math.inf:
             raise ValueError(f"{arg} must be a finite number >= 0, got {value!r}")

@@ -423,6 +423,8 @@ BAD_INPUTS = [
     (gaussian_focal_loss_reference, (X, X), dict(gamma=-2.0), ValueError, "gamma must be"),
     (asymmetric_loss_reference, (X, LABELS), dict(gamma_neg=-4.0), ValueError, "gamma_neg must be"),
     (asymmetric_loss_reference, (X, LABELS), dict(clip=1.0), ValueError, r"clip must be in \[0, 1\)"),
+    (asymmetric_loss_reference, (X, LABELS), dict(clip=-0.1), ValueError, "clip must be a finite number >= 0"),
+    (asymmetric_loss_reference, (X, LABELS), dict(clip="0.05"), TypeError, "clip must be a number, got str"),
     (quality_focal_loss_reference, (X, LABELS, torch.tensor([0.5, 1.5, 0.0])), {}, ValueError, r"scores must lie in"),
     (varifocal_loss_reference, (X, LABELS, torch.tensor([-0.1, 0, 0])), {}, ValueError, r"scores must lie in"),
     (quality_focal_loss_reference, (X, X, torch.ones(3)), {}, ValueError, "scores requires integer targets"),
