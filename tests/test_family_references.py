@@ -68,7 +68,7 @@ def grad(loss, x):
 
 
 @pytest.mark.parametrize("beta", [2.0, 1.5])
-@pytest.mark.parametrize("classes", [1, 7, 80])
+@pytest.mark.parametrize("classes", [1, 7, 80, 81, 91])
 def test_quality_focal_equals_mmdet(beta, classes):
     x = logits((24, classes))
     labels, scores = labels_and_scores(24, classes)
