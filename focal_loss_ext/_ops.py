@@ -46,6 +46,8 @@ _SUM = 2  # the reduction code of "sum"
 OPMATH_LOSS = 4
 # Name -> whether the loss has one value per row (the class dimension reduced) or per element.
 _LOSS_OPS = {"sigmoid_focal_loss": False, "sigmoid_focal_loss_star": False, "softmax_focal_loss": True}
+# Name -> the operator's overload, called directly: the packet's __call__ is one more Python frame.
+LOSS_OVERLOADS = {name: getattr(_OPS, name).default for name in _LOSS_OPS}
 
 
 def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -113,11 +115,35 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(x, targets, alpha_per_class, weight, normalizer, grad_input, grad_scale)
 
 
-def _make_backward(op):
-    def backward(ctx, grad_loss, _grad_of_grad_input, _grad_of_grad_scale):
-        return _backward(op, ctx, grad_loss)
+def _autograd_kernel(op):
+    """The operator's Autograd kernel: what ``torch.library.register_autograd`` would register,
+    less its per-call walk over the schema to fill in defaulted arguments (``fill_defaults``),
+    which costs about 60 us per call for a twelve-argument schema, three times the kernel at
+    1 x 80. The schemas have no defaults, so the dispatcher hands over every argument and there
+    is nothing to fill. Under a tracer this is the same Function-through-redispatch pattern, so
+    torch.compile and opcheck see what they would with register_autograd."""
+    below_autograd = torch._C._after_autograd_keyset
 
-    return backward
+    class LossFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args_and_keyset):
+            *args, keyset = args_and_keyset  # last, so that needs_input_grad[0] is the logits'
+            with torch._C._AutoDispatchBelowAutograd():
+                output = op.redispatch(keyset & below_autograd, *args)
+            _setup_context(ctx, args, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, grad_loss, _grad_of_grad_input, _grad_of_grad_scale):
+            return (*_backward(op, ctx, grad_loss), None)
+
+    def kernel(keyset, *args):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return LossFunction.apply(*args, keyset)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & below_autograd, *args)
+
+    return kernel
 
 
 def _backward(op, ctx, grad_loss):
@@ -163,15 +189,18 @@ def _float16_grad(op, ctx, grad_loss, grad_scale):
     if factor.dim() < x.dim():
         row_weight = factor if weight is None else weight.reshape(rows_shape).to(factor.dtype) * factor
         _, grad, _ = op(x, targets, alpha_per_class, row_weight.expand(rows_shape), None, *scalars)
-        return grad
+        # An ignored row's gradient is 0 whatever its weight, where autograd's product gives
+        # 0 * grad_output: NaN for a NaN or infinite grad_output. Multiplying by 1 + 0 * factor
+        # restores that and leaves every other bit (the sign of a zero included) as it is.
+        one = (1 + factor * 0).to(grad.dtype)
+        return grad.mul_(one.unsqueeze(-1) if one.dim() else one)
     # the kernel reads float targets in the logits' dtype: the float32 pass must see the same values
     targets32 = targets.to(x.dtype).float() if targets.is_floating_point() else targets
     _, grad32, _ = op(x.float(), targets32, alpha_per_class, weight, None, *scalars)
     return (grad32 * factor).to(x.dtype)
 
 
+_LIBRARY = torch.library.Library("focal_loss_ext", "IMPL")  # kept alive: it owns the registrations
 for _name, _per_row in _LOSS_OPS.items():
     torch.library.register_fake(f"focal_loss_ext::{_name}")(_make_fake(_per_row))
-    torch.library.register_autograd(
-        f"focal_loss_ext::{_name}", _make_backward(getattr(_OPS, _name)), setup_context=_setup_context
-    )
+    _LIBRARY.impl(_name, _autograd_kernel(LOSS_OVERLOADS[_name]), "Autograd", with_keyset=True)

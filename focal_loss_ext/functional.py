@@ -73,7 +73,7 @@ def _focal_loss(
     scalars += [host_scale, float(label_smoothing), int(ignore_index), _REDUCTIONS[reduction]]
     # float16 computes its gradient in the backward, where grad_output is known (_ops.py)
     compute_grad = torch.is_grad_enabled() and inputs.requires_grad and inputs.dtype != torch.float16
-    loss, _, _ = getattr(_ops._OPS, name)(
+    loss, _, _ = _ops.LOSS_OVERLOADS[name](
         inputs, targets, alpha_per_class, weight, normalizer_tensor, *scalars, compute_grad
     )
     return loss
@@ -130,17 +130,23 @@ def _check_vector(arg, t, inputs, length, meaning):
         raise ValueError(f"{arg} must have {length} elements ({meaning}), got shape {tuple(t.shape)}")
 
 
+def _is_real(value) -> bool:
+    # the common types first: an isinstance check against the numbers ABC costs a microsecond,
+    # and a small call (1 x 80) makes several
+    return type(value) in (float, int) or isinstance(value, numbers.Real)
+
+
 def _check_scalars(name, reduction, gamma, label_smoothing, beta):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
     if name == "sigmoid_focal_loss_star":
-        if not isinstance(gamma, numbers.Real) or not gamma > 0 or not math.isfinite(gamma):
+        if not _is_real(gamma) or not gamma > 0 or not math.isfinite(gamma):
             raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-        if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+        if not _is_real(beta) or not math.isfinite(beta):
             raise ValueError(f"beta must be a finite number, got {beta!r}")
-    elif not isinstance(gamma, numbers.Real) or not gamma >= 0 or not math.isfinite(gamma):
+    elif not _is_real(gamma) or not gamma >= 0 or not math.isfinite(gamma):
         raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
-    if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing < 1:
+    if not _is_real(label_smoothing) or not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
 
 
@@ -159,7 +165,7 @@ def _alpha_args(name, alpha, inputs):
             f"alpha must be a float or a 1-D tensor of K = {classes} per-class values, "
             f"got a tensor of shape {tuple(alpha.shape)}"
         )
-    if not isinstance(alpha, numbers.Real):
+    if not _is_real(alpha):
         raise TypeError(f"alpha must be a float or a 1-D tensor, got {type(alpha).__name__}")
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite (negative disables it), got {alpha!r}")
@@ -171,7 +177,7 @@ def _normalizer_args(normalizer):
     if isinstance(normalizer, torch.Tensor):
         return 1.0, normalizer
     if normalizer is not None:
-        if not isinstance(normalizer, numbers.Real) or normalizer == 0:
+        if not _is_real(normalizer) or normalizer == 0:
             raise ValueError(f"normalizer must be a nonzero number or a 0-dim tensor, got {normalizer!r}")
         return 1.0 / float(normalizer), None
     return 1.0, None
