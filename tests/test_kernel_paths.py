@@ -1,16 +1,20 @@
-"""Every code path of the kernels, for every operator: class counts that take the 16-byte path
-(80) and the element path (1, 7, 81, 91), offset storage (unaligned: element path), strided
-inputs, each dtype, each target form and reduction, with every option on, forward and backward.
+"""Every code path of the kernels, for every operator: class counts whose rows start at every
+alignment (1, 7, 81, 91: the softmax kernel's pack loads in 16-, 8-, 4- and 2-byte pieces, the
+sigmoid kernel's packs across row ends) and 80, offset storage (the inputs loaded in narrower
+pieces), strided inputs, each dtype, each gamma form (0, 1, 2 and general pow, one per class
+count), each target form and reduction, with every option on, forward and backward.
 
 150 rows make the persistent grid loop several times over on a one-multiprocessor device, so
-the grid-stride carry of (row, column) is exercised, not just the first step. Run against the
-emulated-CUDA build (``make test``), these run the CUDA kernels on the CPU."""
+the (row, class) carry is exercised past the first tile. Run against the emulated-CUDA build
+(``make test``), these run the CUDA kernels on the CPU, and reach every instantiation of them
+(make coverage-emulated checks that)."""
 
 import pytest
 import torch
 from helpers import (
     DEVICES,
     DTYPES,
+    EMULATED_CUDA,
     assert_close_to_reference,
     make_labels,
     make_logits,
@@ -18,6 +22,7 @@ from helpers import (
     make_soft_targets,
     reference_loss_and_grad,
 )
+from operators import OPERATORS
 
 from focal_loss_ext import (
     sigmoid_focal_loss,
@@ -150,3 +155,24 @@ def test_scale_grad_every_path(device, dtype, numel, offset):
     torch.testing.assert_close(grad, expected, atol=0, rtol=0)
     torch.ops.focal_loss_ext.scale_grad_(grad, torch.tensor(1.0, dtype=dtype, device=device), grad_scale / 0.75)
     torch.testing.assert_close(grad, expected, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not EMULATED_CUDA, reason="the loss-dtype hook is the emulated device's")
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("op", OPERATORS, ids=str)
+def test_loss_in_opmath(monkeypatch, op, dtype, reduction):
+    """The kernels write the loss in the loss tensor's dtype: float32 for half inputs when
+    make_problem allocates it so (autocast; forced here by the emulated device's hook). It holds
+    the half-dtype loss before its rounding, and the gradient is unchanged."""
+    shape = (ROWS, 7)  # 1050 elements: whole packs and a short last one
+    x = make_logits(shape, dtype, "cpu")
+    t = op.targets(op.forms[-1], shape, dtype, "cpu")
+    args = op.raw_args(x, t, weight=torch.rand(ROWS) + 0.5, reduction=reduction, label_smoothing=0.1)
+    loss, grad, grad_scale = op.op(*args)
+    monkeypatch.setenv("FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH", "1")
+    opmath_loss, opmath_grad, opmath_grad_scale = op.op(*args)
+    assert loss.dtype == dtype and opmath_loss.dtype == torch.float32
+    assert torch.equal(opmath_loss.to(dtype), loss)
+    assert not torch.equal(opmath_loss, loss.float())  # float32 holds more than the rounded loss
+    assert torch.equal(opmath_grad, grad) and torch.equal(opmath_grad_scale, grad_scale)

@@ -17,16 +17,17 @@ namespace focal_loss_ext {
 namespace cuda {
 namespace {
 
-// grad *= grad_output * grad_scale, both read on the device; every block returns at once
-// when the product is exactly 1, so plain loss.backward() costs one launch and no traffic.
+// grad *= grad_output * grad_scale, both read on the device in opmath (a float32 grad_output,
+// as autocast's float32 loss gives, is not rounded to a half dtype first); every block returns
+// at once when the product is exactly 1, so plain loss.backward() costs one launch and no traffic.
 template <typename scalar_t, int kVec>
 __global__ void __launch_bounds__(kThreads) scale_grad_kernel(scalar_t* __restrict__ grad,
-                                                              const scalar_t* __restrict__ grad_output,
+                                                              const at::opmath_type<scalar_t>* __restrict__ grad_output,
                                                               const at::opmath_type<scalar_t>* __restrict__ grad_scale,
                                                               int64_t numel) {
   using opmath_t = at::opmath_type<scalar_t>;
   using VecT = Pack<scalar_t, kVec>;
-  const opmath_t factor = static_cast<opmath_t>(*grad_output) * *grad_scale;
+  const opmath_t factor = *grad_output * *grad_scale;
   if (factor == opmath_t(1)) return;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -42,6 +43,17 @@ __global__ void __launch_bounds__(kThreads) scale_grad_kernel(scalar_t* __restri
   }
 }
 
+template <typename scalar_t, int kVec>
+void launch_scale_grad(at::Tensor& grad_input, const at::Tensor& grad_output, const at::Tensor& grad_scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr auto kKernel = scale_grad_kernel<scalar_t, kVec>;
+  const int64_t grid = grid_for<kKernel>((grad_input.numel() / kVec + kThreads - 1) / kThreads);
+  FOCAL_LOSS_EXT_LAUNCH(kKernel, grid, kThreads, 0, c10::cuda::getCurrentCUDAStream())(
+      grad_input.mutable_data_ptr<scalar_t>(), grad_output.const_data_ptr<opmath_t>(),
+      grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, const at::Tensor& grad_scale) {
   const c10::cuda::CUDAGuard device_guard(grad_input.device());
   if (!check_scale_grad_args(grad_input, grad_output, grad_scale)) {
@@ -49,19 +61,14 @@ void scale_grad_cuda_(at::Tensor grad_input, const at::Tensor& grad_output, cons
     return;
   }
   if (grad_input.numel() == 0) return;
-  const at::Tensor go = grad_output.to(grad_input.scalar_type());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // grad_scale's dtype is the opmath type; a no-op when grad_output already is.
+  const at::Tensor go = grad_output.to(grad_scale.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_input.scalar_type(), "scale_grad_cuda", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    constexpr int kVecMax = kAccessBytes / sizeof(scalar_t);
-    const auto kernel =
-        aligned(grad_input.const_data_ptr()) ? scale_grad_kernel<scalar_t, kVecMax> : scale_grad_kernel<scalar_t, 1>;
-    static const int blocks_per_sm = resident_blocks_per_sm(scale_grad_kernel<scalar_t, kVecMax>);
-    const int64_t grid = grid_for(grad_input.numel() / kVecMax + 1, grad_input.get_device(), blocks_per_sm);
-    FOCAL_LOSS_EXT_LAUNCH(kernel, grid, kThreads, 0, stream)(grad_input.mutable_data_ptr<scalar_t>(),
-                                                             go.const_data_ptr<scalar_t>(),
-                                                             grad_scale.const_data_ptr<opmath_t>(), grad_input.numel());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (aligned(grad_input.const_data_ptr())) {
+      launch_scale_grad<scalar_t, kPackElems<scalar_t>>(grad_input, go, grad_scale);
+    } else {
+      launch_scale_grad<scalar_t, 1>(grad_input, go, grad_scale);
+    }
   });
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -426,8 +427,30 @@ void install_poisoning_allocator() {
 
 }  // namespace
 
-int multiprocessor_count() {
-  return env_int("FOCAL_LOSS_EXT_EMU_SMS", 132);
+bool loss_in_opmath() {
+  const char* v = std::getenv("FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// The multiprocessor counts of the devices given out so far, by device index.
+static std::mutex devices_mutex;
+static std::vector<int> device_sms;
+
+int current_device() {
+  const int sms = env_int("FOCAL_LOSS_EXT_EMU_SMS", 132);
+  const std::lock_guard<std::mutex> lock(devices_mutex);
+  const auto known = std::find(device_sms.begin(), device_sms.end(), sms);
+  if (known != device_sms.end()) return static_cast<int>(known - device_sms.begin());
+  TORCH_CHECK(device_sms.size() < kMaxDevices, "FOCAL_LOSS_EXT_EMU_SMS took more than ", kMaxDevices,
+              " different values in one process");
+  device_sms.push_back(sms);
+  return static_cast<int>(device_sms.size()) - 1;
+}
+
+int multiprocessor_count(int device) {
+  const std::lock_guard<std::mutex> lock(devices_mutex);
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(device_sms.size()), "no emulated device ", device);
+  return device_sms[device];
 }
 
 PoisonNewAllocations::PoisonNewAllocations() {

@@ -18,6 +18,12 @@
 // Run-time settings, read at every launch:
 //   FOCAL_LOSS_EXT_EMU_BLOCK_ORDER  forward (default), reverse, random, or random:SEED
 //   FOCAL_LOSS_EXT_EMU_SMS          multiprocessor count of the fake device (default 132, an H100)
+//   FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH  1: every problem's loss is allocated in the opmath dtype,
+//                                   as make_problem does under autocast, so that the kernels'
+//                                   opmath loss stores are tested for every dtype and reduction
+// Each FOCAL_LOSS_EXT_EMU_SMS value seen is a device of its own (c10::cuda::current_device()
+// gives 0 for the first, 1 for the next, ...), so that changing it between calls behaves like
+// moving to another GPU, and per-device caches in the kernels' host code stay right.
 //
 // What this cannot show: anything about the memory model between blocks (they run one after
 // another), code generation, speed, or CUDA graphs.
@@ -79,9 +85,11 @@ inline cudaError_t cudaGetLastError() {
 
 namespace cuda_emu {
 
-// The fake device: its multiprocessor count (FOCAL_LOSS_EXT_EMU_SMS). The emulated device is
-// the CPU, whose tensors report device index -1; any index below 64 is accepted.
-int multiprocessor_count();
+// The emulated devices: the current one is that of FOCAL_LOSS_EXT_EMU_SMS (see above); the
+// multiprocessor count of a device index it has given out.
+int current_device();
+int multiprocessor_count(int device);
+constexpr int kMaxDevices = 64;
 // Blocks of 256 threads resident per multiprocessor in the occupancy query: 4, as the
 // register counts of the sigmoid kernels give on Hopper.
 constexpr int kResidentBlocksPerSm = 4;
@@ -89,10 +97,10 @@ constexpr int kResidentBlocksPerSm = 4;
 }  // namespace cuda_emu
 
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device >= 64) return cudaErrorInvalidDevice;
+  if (device < 0 || device >= cuda_emu::kMaxDevices) return cudaErrorInvalidDevice;
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
-      *value = cuda_emu::multiprocessor_count();
+      *value = cuda_emu::multiprocessor_count(device);
       return cudaSuccess;
     case cudaDevAttrWarpSize:
       *value = 32;
@@ -124,6 +132,9 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, i
 
 namespace c10 {
 namespace cuda {
+inline c10::DeviceIndex current_device() {
+  return static_cast<c10::DeviceIndex>(cuda_emu::current_device());
+}
 // The emulated device is the CPU: a guard accepts CPU tensors' devices and does nothing.
 struct CUDAGuard {
   explicit CUDAGuard(c10::Device) {}
@@ -319,6 +330,20 @@ class Launch {
 #define FOCAL_LOSS_EXT_LAUNCH(kernel, grid, block, shared_bytes, stream)                                    \
   ::cuda_emu::Launch(::cuda_emu::LaunchSite{#kernel, __PRETTY_FUNCTION__, __FILE__, __LINE__}, grid, block, \
                      shared_bytes, [=](auto... kernel_args) { kernel(kernel_args...); })
+
+// ---- The problem hook (FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH) -------------------------------------
+namespace cuda_emu {
+
+bool loss_in_opmath();
+
+template <typename Problem>
+void adjust_problem(Problem& p) {
+  if (loss_in_opmath()) p.loss = at::empty(p.loss.sizes(), p.loss.options().dtype(p.grad_scale.scalar_type()));
+}
+
+}  // namespace cuda_emu
+
+#define FOCAL_LOSS_EXT_PROBLEM_HOOK(p) ::cuda_emu::adjust_problem(p)
 
 // ---- Registration: the kernels' operators become the CPU kernels -----------------------------
 namespace cuda_emu {

@@ -1,0 +1,3 @@
+// Emulated-device build: this name resolves here instead of to the CUDA toolkit / c10::cuda.
+#pragma once
+#include "../../../cuda_emu.h"
