@@ -106,13 +106,24 @@ C10_HOST_DEVICE inline T select(bool cond, T a, T b) {
 // cpu/vec_math.h.
 template <typename T, typename Enable = void>
 struct Math {
+  using Mask = bool;
   C10_HOST_DEVICE static T exp(T x) { return math::exp(x); }
+  C10_HOST_DEVICE static T exp_neg_abs(T x) { return math::exp(-math::abs(x)); }
   C10_HOST_DEVICE static T expm1(T x) { return math::expm1(x); }
   C10_HOST_DEVICE static T log1p_unit(T x) { return math::log1p_unit(x); }
   C10_HOST_DEVICE static T abs(T x) { return math::abs(x); }
   C10_HOST_DEVICE static T pow(T x, T y) { return math::pow(x, y); }
   C10_HOST_DEVICE static T max(T a, T b) { return math::max(a, b); }
   C10_HOST_DEVICE static T select(bool cond, T a, T b) { return cond ? a : b; }
+  // The vector forms fuse these (one rounding); the compiler may contract the scalar ones.
+  C10_HOST_DEVICE static T fma(T a, T b, T c) { return a * b + c; }
+  C10_HOST_DEVICE static T fms(T a, T b, T c) { return a * b - c; }
+  C10_HOST_DEVICE static T fnma(T a, T b, T c) { return c - a * b; }
+  C10_HOST_DEVICE static bool ge(T a, T b) { return a >= b; }
+  C10_HOST_DEVICE static bool lt(T a, T b) { return a < b; }
+  C10_HOST_DEVICE static bool eq(T a, T b) { return a == b; }
+  C10_HOST_DEVICE static T add_if(bool cond, T a, T b) { return cond ? a + b : a; }
+  C10_HOST_DEVICE static T sub_if(bool cond, T a, T b) { return cond ? a - b : a; }
 };
 
 // sigmoid(x), sigmoid(-x), softplus(x), softplus(-x) from a single exp and a single log1p.
@@ -129,17 +140,19 @@ C10_HOST_DEVICE inline SigmoidParts<T> sigmoid_parts(T x) {
   using M = Math<T>;
   const T zero(0);
   const T one(1);
-  const T e = M::exp(-M::abs(x));  // in (0, 1]: never overflows
-  const T inv = one / (one + e);   // sigmoid(|x|)
-  const T small = e * inv;         // sigmoid(-|x|)
-  const auto x_nonneg = x >= zero;
+  const T e = M::exp_neg_abs(x);  // exp(-|x|) in (0, 1]: never overflows
+  const T inv = one / (one + e);  // sigmoid(|x|): the one divide
+  const T small = e * inv;        // sigmoid(-|x|)
+  const auto x_nonneg = M::ge(x, zero);
+  const auto x_neg = M::lt(x, zero);  // not the complement of x_nonneg: both false for NaN
   const T l = M::log1p_unit(e);
   SigmoidParts<T> p;
   p.sig_pos = M::select(x_nonneg, inv, small);
   p.sig_neg = M::select(x_nonneg, small, inv);
-  // max(x, 0) written as a select so that a NaN logit stays NaN through every output.
-  p.sp_pos = M::select(x_nonneg, x, zero) + l;
-  p.sp_neg = M::select(x_nonneg, zero, -x) + l;
+  // max(x, 0) + l and max(-x, 0) + l as masked adds; a NaN logit stays NaN through every output
+  // (e, hence l, is NaN).
+  p.sp_pos = M::add_if(x_nonneg, l, x);
+  p.sp_neg = M::sub_if(x_neg, l, x);
   return p;
 }
 
@@ -163,20 +176,24 @@ C10_HOST_DEVICE inline T smooth_target(T t, T smoothing) {
 // to 0 (there q^gamma = 0 already).
 template <GammaKind kGamma, typename T>
 C10_HOST_DEVICE inline LossGrad<T> sigmoid_focal_term(T x, T t, T alpha_pos, T alpha_neg, T gamma) {
+  using M = Math<T>;
   const T one(1);
   const SigmoidParts<T> p = sigmoid_parts(x);
   const T not_t = one - t;
-  const T ce = t * p.sp_neg + not_t * p.sp_pos;
-  // sigmoid(x) - t, written so that no 1 - 1 cancellation loses a tiny sigmoid(-x) (x >> 0, t = 1)
-  const T dce = not_t * p.sig_pos - t * p.sig_neg;
-  const T a_t = alpha_pos * t + alpha_neg * not_t;
+  const T ce = M::fma(t, p.sp_neg, not_t * p.sp_pos);
+  // q = t sigmoid(-x) + (1 - t) sigmoid(x) and dce = sigmoid(x) - t from the same two products,
+  // so that no 1 - 1 cancellation loses a tiny sigmoid(-x) (x >> 0, t = 1)
+  const T pos_part = t * p.sig_neg;
+  const T neg_part = not_t * p.sig_pos;
+  const T dce = neg_part - pos_part;
+  const T a_t = M::fma(alpha_pos, t, alpha_neg * not_t);
   LossGrad<T> out;
   if constexpr (kGamma == GammaKind::Zero) {
     out.loss = a_t * ce;
     out.grad = a_t * dce;
   } else {
-    const T q = t * p.sig_neg + not_t * p.sig_pos;
-    const T dq = (one - t - t) * p.sig_pos * p.sig_neg;  // dq/dx
+    const T q = pos_part + neg_part;
+    const T dq = (not_t - t) * (p.sig_pos * p.sig_neg);  // dq/dx
     T q_gamma;
     T dq_gamma;
     if constexpr (kGamma == GammaKind::One) {
@@ -187,13 +204,13 @@ C10_HOST_DEVICE inline LossGrad<T> sigmoid_focal_term(T x, T t, T alpha_pos, T a
       dq_gamma = (q + q) * dq;
     } else {
       const T zero(0);
-      q_gamma = Math<T>::pow(q, gamma);
+      q_gamma = M::pow(q, gamma);
       const auto q_pos = q > zero;
-      const T r = Math<T>::select(q_pos, dq / Math<T>::select(q_pos, q, one), zero);
+      const T r = M::select(q_pos, dq / M::select(q_pos, q, one), zero);
       dq_gamma = gamma * q_gamma * r;
     }
     out.loss = a_t * ce * q_gamma;
-    out.grad = a_t * (dce * q_gamma + ce * dq_gamma);
+    out.grad = a_t * M::fma(ce, dq_gamma, dce * q_gamma);
   }
   return out;
 }

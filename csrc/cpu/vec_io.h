@@ -14,6 +14,13 @@
 #include <cstdint>
 #include <type_traits>
 
+// For a lambda that must be inlined into its caller's loop.
+#if defined(__GNUC__)
+#define FOCAL_LOSS_EXT_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define FOCAL_LOSS_EXT_ALWAYS_INLINE
+#endif
+
 namespace focal_loss_ext {
 namespace cpu {
 namespace {
@@ -118,6 +125,17 @@ inline void store(scalar_t* dst, const Vectorized<opmath_t>& v, int64_t n) {
     v.store(buf);
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(buf[i]);
   }
+}
+
+// v with the lanes from n on set to zero.
+template <typename T>
+inline Vectorized<T> first_lanes(const Vectorized<T>& v, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_maskz_mov_ps(static_cast<__mmask16>((1u << n) - 1), v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) return _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask32(n)));
+#endif
+  return Vectorized<T>::set(Vectorized<T>(0), v, n);
 }
 
 template <typename scalar_t>
