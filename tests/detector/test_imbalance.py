@@ -111,3 +111,51 @@ def test_imbalance_runner_records_setting_fraction_and_curve_and_resumes(fast_co
     assert lines[0]["foreground_fraction"] == pytest.approx(expected, abs=1e-6)
     assert (tmp_path / "grid" / "sparse" / "steps2" / "ce" / "seed0" / "curve.jsonl").exists()
     assert run_grid(rows, [0], tmp_path / "grid", fast_config, (0, 1), settings, (0.5, 1.0), 20) == []
+
+
+def test_report_pairs_gains_by_seed_and_reads_convergence_from_the_curve(tmp_path):
+    from detector.ablation_report import IMBALANCE_END, IMBALANCE_START, gains, imbalance_report, last_quarter_change
+
+    steps = SETTINGS["fg2"].steps
+
+    def line(row, seed, ap, ap75=None):
+        curve = [{"step": steps * k // 4, "AP": ap - 0.01 * (4 - k), "AP50": ap} for k in (1, 2, 3, 4)]
+        if ap75 is not None:
+            curve[2]["AP"] = ap75
+        return {
+            "setting": "fg2",
+            "row": row,
+            "seed": seed,
+            "steps": steps,
+            "AP": ap,
+            "AP50": ap,
+            "AP75": ap,
+            "cpu_seconds_per_step": 0.07,
+            "overrides": {},
+            "curve": curve,
+            "foreground_fraction": 0.0236,
+        }
+
+    runs_dir, figures = tmp_path / "runs", tmp_path / "figures"
+    runs_dir.mkdir()
+    figures.mkdir()
+    lines = [line("ce", 0, 0.50), line("ce", 1, 0.40), line("fl-gamma2", 0, 0.55, ap75=0.50), line("fl-gamma2", 2, 0.9)]
+    lines.append({**line("ce", 2, 0.1), "steps": steps + 1})  # another budget: not this setting's
+    (runs_dir / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (runs_dir / "foreground.json").write_text(
+        json.dumps({"fg2": {"foreground_fraction": 0.0236, "anchors_per_image": 3069, "positives_per_image": 72.4}})
+    )
+    report = tmp_path / "report.md"
+    report.write_text(f"before\n{IMBALANCE_START}\nold\n{IMBALANCE_END}\nafter\n")
+    text = imbalance_report(runs_dir, report, figures)
+
+    from detector.ablation_report import imbalance_runs
+
+    runs = imbalance_runs(figures / "imbalance.jsonl")
+    assert gains(runs, "fg2", "fl-gamma2") == [pytest.approx(0.05)]  # seed 0 only: seed 2 has no CE run
+    assert last_quarter_change(runs[("fg2", "fl-gamma2")][0]) == pytest.approx(0.05)
+    assert "| fl-gamma2 | 2 | 72.5 ± 24.7 |" in text and "| +5.0 | +" in text
+    assert "| fg2 | 8-12 | 0.0236 | 72.4 of 3069 |" in text and "| 4 / 18 |" in text
+    body = report.read_text()
+    assert body.startswith("before\n") and body.endswith("after\n") and "old" not in body
+    assert (figures / "imbalance_gain.png").exists() and (figures / "imbalance_curves.png").exists()
