@@ -232,20 +232,71 @@ def _checkpoint_step(path: Path) -> int:
     return torch.load(path, weights_only=False)["step"] if path.exists() else 0
 
 
-def score(config: Config, checkpoint: str, test_images) -> tuple[dict, bool]:
-    """COCO metrics of a checkpoint, all zero when its weights are not finite."""
+def score(config: Config, checkpoint: str, test_images, train_images=None) -> tuple[dict, bool]:
+    """COCO metrics of a checkpoint, all zero when its weights are not finite.
+
+    With `train_images`, the metrics also hold `gradient_shares` of the run's loss there.
+    """
     model = build_model(config.model, config.train.loss)
     model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
     if any(not torch.isfinite(p).all() for p in model.parameters()):
         return {name: 0.0 for name in METRIC_NAMES}, True
-    return evaluate_model(model, test_images, batch_size=16)[0], False
+    metrics = evaluate_model(model, test_images, batch_size=16)[0]
+    if train_images is not None:
+        probe = collate([train_images[PROBE_INDEX + i] for i in range(PROBE_IMAGES)])
+        metrics = {**metrics, **{f"share_{k}": v for k, v in gradient_shares(model, *probe).items()}}
+    return metrics, False
 
 
-def run_one(config: Config, row: Row, train_images, test_images, curve_points: tuple[float, ...] = (1.0,)) -> dict:
+# Training images no run reads (seeds read from seed x 2**24 on), to probe every run the same way.
+PROBE_INDEX, PROBE_IMAGES = 2**30, 16
+EASY_NEGATIVE, HARD_NEGATIVE = 0.05, 0.5  # thresholds on a negative element's probability p
+
+
+def gradient_shares(model, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
+    """Where the classification loss pushes: the shares of sum |d loss_cls / d logit| by element kind.
+
+    Elements are (anchor, class) logits of non-ignored anchors: "positive" (the anchor's own
+    class), and negatives by their probability: "easy" (p < 0.05), "medium", "hard" (p >= 0.5).
+    "easy_elements" is the fraction of elements that are easy negatives. Uses the model's own
+    loss (focal, cross entropy, or OHEM's selection), batch statistics as in training.
+    """
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        logits, deltas, anchors = model.predict(images)
+    model.train(was_training)
+    logits = torch.cat(logits, 1).requires_grad_(True)
+    all_anchors = torch.cat(anchors)
+    labels, boxes = model.assign(all_anchors, targets)
+    loss = model.losses(logits, torch.cat(deltas, 1), all_anchors, labels, boxes)["loss_cls"]
+    (grad,) = torch.autograd.grad(loss, logits)
+    num_classes = logits.shape[-1]
+    valid = (labels >= 0).unsqueeze(-1).expand_as(logits)
+    positive = torch.nn.functional.one_hot(labels.clamp(min=0), num_classes + 1)[..., :num_classes].bool() & valid
+    negative = valid & ~positive
+    p = torch.sigmoid(logits.detach())
+    push = grad.abs().double()
+    total = push[valid].sum().clamp(min=1e-300)
+    kinds = {
+        "positive": positive,
+        "easy": negative & (p < EASY_NEGATIVE),
+        "medium": negative & (p >= EASY_NEGATIVE) & (p < HARD_NEGATIVE),
+        "hard": negative & (p >= HARD_NEGATIVE),
+    }
+    shares = {name: round(float(push[mask].sum() / total), 5) for name, mask in kinds.items()}
+    shares["easy_elements"] = round(float(kinds["easy"].sum() / valid.sum().clamp(min=1)), 5)
+    return shares
+
+
+def run_one(
+    config: Config, row: Row, train_images, test_images, curve_points: tuple[float, ...] = (1.0,), probe: bool = False
+) -> dict:
     """Train (or resume) one run, scoring it at each fraction of its budget in `curve_points`.
 
     The run trains up to each point (`stop_at_step`: the schedule is unchanged) and is
-    scored there; the scores go to <run>/curve.jsonl, so a resumed run keeps them.
+    scored there (with `probe`, also its `gradient_shares` on fixed training images); the
+    scores go to <run>/curve.jsonl, so a resumed run keeps them.
     cpu_seconds_per_step is this process's CPU time over the steps it trained.
     """
     steps = config.train.max_steps
@@ -265,7 +316,7 @@ def run_one(config: Config, row: Row, train_images, test_images, curve_points: t
         if any(r["step"] == summary["step"] for r in _read_jsonl(curve_path)):
             continue
         start = time.perf_counter()
-        metrics, diverged = score(config, summary["checkpoint"], test_images)
+        metrics, diverged = score(config, summary["checkpoint"], test_images, train_images if probe else None)
         eval_seconds += time.perf_counter() - start
         with open(curve_path, "a") as f:
             f.write(json.dumps({"step": summary["step"], **{k: round(v, 5) for k, v in metrics.items()}}) + "\n")
@@ -293,7 +344,11 @@ def run_one(config: Config, row: Row, train_images, test_images, curve_points: t
         "load_average": round(os.getloadavg()[0], 2),
         "overrides": row.model,
         **(
-            {"curve": [{"step": r["step"], "AP": r["AP"], "AP50": r["AP50"]} for r in curve]}
+            {
+                "curve": [
+                    {k: v for k, v in r.items() if k in ("step", "AP", "AP50") or k.startswith("share_")} for r in curve
+                ]
+            }
             if len(curve_points) > 1
             else {}
         ),
@@ -352,7 +407,12 @@ def run_grid(
             train_images, images_key = KeptImages(build_dataset(config.data, "train")), seed
         try:
             result = run_one(
-                run_config(config, row, seed, output_dir, name), row, train_images, test_sets[name], curve_points
+                run_config(config, row, seed, output_dir, name),
+                row,
+                train_images,
+                test_sets[name],
+                curve_points,
+                probe=bool(settings),
             )
         except Exception:  # one broken run must not stop the grid; a restart retries it
             traceback.print_exc()

@@ -106,6 +106,8 @@ def test_imbalance_runner_records_setting_fraction_and_curve_and_resumes(fast_co
         assert [p["step"] for p in line["curve"]] == [1, 2]
         assert line["curve"][-1]["AP"] == line["AP"]
         assert line["cpu_seconds_per_step"] > 0 and line["steps"] == 2
+        shares = [line["curve"][-1][f"share_{k}"] for k in ("positive", "easy", "medium", "hard")]
+        assert sum(shares) == pytest.approx(1, abs=1e-4) and min(shares) >= 0
     assert lines[1]["foreground_fraction"] < lines[0]["foreground_fraction"]
     expected = foreground_statistics(fast_config, 20)["foreground_fraction"]
     assert lines[0]["foreground_fraction"] == pytest.approx(expected, abs=1e-6)
@@ -159,3 +161,23 @@ def test_report_pairs_gains_by_seed_and_reads_convergence_from_the_curve(tmp_pat
     body = report.read_text()
     assert body.startswith("before\n") and body.endswith("after\n") and "old" not in body
     assert (figures / "imbalance_gain.png").exists() and (figures / "imbalance_curves.png").exists()
+
+
+def test_gradient_shares_split_the_push_on_the_logits_by_element_kind(fast_config):
+    from detector.ablation import gradient_shares
+    from detector.data import collate
+    from detector.model import build_model
+
+    torch.manual_seed(0)
+    images, targets = collate([DigitCanvas("train", fast_config.data)[i] for i in range(2)])
+    shares = {}
+    for gamma in (0.0, 2.0):
+        fast_config.model.focal_gamma = gamma
+        model = build_model(fast_config.model, "torchvision")
+        torch.nn.init.normal_(model.head.cls_logits.bias, -6.0, 2.0)  # some easy, some hard negatives
+        shares[gamma] = gradient_shares(model, images, targets)
+        kinds = [shares[gamma][k] for k in ("positive", "easy", "medium", "hard")]
+        assert sum(kinds) == pytest.approx(1, abs=1e-4) and min(kinds) >= 0
+        assert 0.5 < shares[gamma]["easy_elements"] < 1
+    # The focal term moves the push from the easy negatives to the rest.
+    assert shares[2.0]["easy"] < 0.2 * shares[0.0]["easy"]
