@@ -228,6 +228,16 @@ def last_quarter_change(run: dict) -> float | None:
     return curve[1.0] - curve[0.75] if 1.0 in curve and 0.75 in curve else None
 
 
+def push_at_end(done: list[dict]) -> str:
+    """Seed means of the final shares of |d loss_cls / d logit| (see `detector.ablation.gradient_shares`)."""
+    ends = [r["curve"][-1] for r in done if r.get("curve") and "share_easy" in r["curve"][-1]]
+    if not ends:
+        return "–"
+    return " / ".join(
+        f"{100 * statistics.mean(e[f'share_{k}'] for e in ends):.0f} %" for k in ("positive", "easy", "hard")
+    )
+
+
 def imbalance_tables(runs: dict, foreground: dict, seeds: int) -> str:
     names = [n for n in SETTINGS if n in foreground or any(k[0] == n for k in runs)]
     planned = len(IMBALANCE_ROWS) * seeds
@@ -258,8 +268,8 @@ def imbalance_tables(runs: dict, foreground: dict, seeds: int) -> str:
     text = "\n".join(lines) + "\n"
     header = (
         "| loss | seeds | AP | AP50 | AP75 | AP gain over CE (same seeds) | AP change over the last 25 % "
-        "| AP at 25 / 50 / 75 / 100 % of the budget (seed mean) |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| AP at 25 / 50 / 75 / 100 % of the budget (seed mean) | push at the end: positive / easy / hard |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for name in names:
         fraction = foreground.get(name, {}).get("foreground_fraction", float("nan"))
