@@ -313,8 +313,8 @@ def run_one(
         summary = train(config, dataset=train_images)
         train_seconds += time.perf_counter() - start
         cpu_seconds += time.process_time() - cpu
-        if any(r["step"] == summary["step"] for r in _read_jsonl(curve_path)):
-            continue
+        if summary["step"] != stop or any(r["step"] == stop for r in _read_jsonl(curve_path)):
+            continue  # resumed past this point, or scored there before
         start = time.perf_counter()
         metrics, diverged = score(config, summary["checkpoint"], test_images, train_images if probe else None)
         eval_seconds += time.perf_counter() - start

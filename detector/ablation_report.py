@@ -17,7 +17,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from detector.ablation import DEFAULT_STEPS, GRID, IMBALANCE_ROWS, SETTINGS
+from detector.ablation import CURVE_POINTS, DEFAULT_STEPS, GRID, IMBALANCE_ROWS, SETTINGS
 
 # Lin et al. 2017, Table 1 (COCO minival; a, b: ResNet-50-FPN; d: ResNet-101-FPN): AP, AP50, AP75.
 PAPER = {
@@ -222,9 +222,15 @@ def gains(runs: dict, setting: str, row: str) -> list[float]:
     return [ours[seed]["AP"] - ce[seed]["AP"] for seed in sorted(ours) if seed in ce]
 
 
+def curve_at(run: dict) -> dict[float, float]:
+    """AP at each of the scoring points (fractions of the budget) the run has."""
+    steps = {round(fraction * run["steps"]): fraction for fraction in CURVE_POINTS}
+    return {steps[p["step"]]: p["AP"] for p in run.get("curve", []) if p["step"] in steps}
+
+
 def last_quarter_change(run: dict) -> float | None:
     """AP at the end minus AP at 75 % of the budget."""
-    curve = {round(p["step"] / run["steps"], 2): p["AP"] for p in run.get("curve", [])}
+    curve = curve_at(run)
     return curve[1.0] - curve[0.75] if 1.0 in curve and 0.75 in curve else None
 
 
@@ -278,12 +284,14 @@ def imbalance_tables(runs: dict, foreground: dict, seeds: int) -> str:
             done = list(runs.get((name, row.name), {}).values())
             metrics = [mean_std([r[m] for r in done]) for m in ("AP", "AP50", "AP75")]
             change = [c for c in map(last_quarter_change, done) if c is not None]
-            points = [[p["AP"] for p in r.get("curve", [])] for r in done]
-            curve = " / ".join(f"{100 * statistics.mean(v):.1f}" for v in zip(*points)) if points else "–"
-            gain = "–" if row.name == "ce" else _spread(gains(runs, name, row.name))
-            text += (
-                f"| {row.name} | {len(done)} | " + " | ".join(metrics) + f" | {gain} | {_spread(change)} | {curve} |\n"
+            points = [[curve_at(r).get(k) for k in CURVE_POINTS] for r in done]
+            curve = " / ".join(
+                f"{100 * statistics.mean(x for x in v if x is not None):.1f}" if any(x is not None for x in v) else "–"
+                for v in zip(*points)
             )
+            gain = "–" if row.name == "ce" else _spread(gains(runs, name, row.name))
+            cells = metrics + [gain, _spread(change), curve if done else "–", push_at_end(done)]
+            text += f"| {row.name} | {len(done)} | " + " | ".join(cells) + " |\n"
     return text
 
 
@@ -328,10 +336,10 @@ def plot_imbalance_curves(runs: dict, png: Path) -> None:
     for ax, name in zip(axes[0], names):
         for index, row in enumerate(IMBALANCE_ROWS):
             for seed, run in sorted(runs.get((name, row.name), {}).items()):
-                curve = run.get("curve", [])
+                curve = sorted(curve_at(run).items())
                 ax.plot(
-                    [p["step"] / run["steps"] for p in curve],
-                    [100 * p["AP"] for p in curve],
+                    [fraction for fraction, _ in curve],
+                    [100 * ap for _, ap in curve],
                     marker=".",
                     color=f"C{index}" if row.name != "ce" else "black",
                     alpha=1.0 if seed == min(runs[(name, row.name)]) else 0.4,

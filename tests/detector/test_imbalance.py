@@ -124,6 +124,7 @@ def test_report_pairs_gains_by_seed_and_reads_convergence_from_the_curve(tmp_pat
         curve = [{"step": steps * k // 4, "AP": ap - 0.01 * (4 - k), "AP50": ap} for k in (1, 2, 3, 4)]
         if ap75 is not None:
             curve[2]["AP"] = ap75
+        curve[3].update(share_positive=0.5, share_easy=0.1 * seed, share_medium=0.3, share_hard=0.2 - 0.1 * seed)
         return {
             "setting": "fg2",
             "row": row,
@@ -158,6 +159,7 @@ def test_report_pairs_gains_by_seed_and_reads_convergence_from_the_curve(tmp_pat
     assert last_quarter_change(runs[("fg2", "fl-gamma2")][0]) == pytest.approx(0.05)
     assert "| fl-gamma2 | 2 | 72.5 ± 24.7 |" in text and "| +5.0 | +" in text
     assert "| fg2 | 8-12 | 0.0236 | 72.4 of 3069 |" in text and "| 4 / 18 |" in text
+    assert "| 69.5 / 70.5 / 69.5 / 72.5 | 50 % / 10 % / 10 % |" in text  # fl-gamma2: seeds 0 and 2
     body = report.read_text()
     assert body.startswith("before\n") and body.endswith("after\n") and "old" not in body
     assert (figures / "imbalance_gain.png").exists() and (figures / "imbalance_curves.png").exists()
@@ -181,3 +183,15 @@ def test_gradient_shares_split_the_push_on_the_logits_by_element_kind(fast_confi
         assert 0.5 < shares[gamma]["easy_elements"] < 1
     # The focal term moves the push from the easy negatives to the rest.
     assert shares[2.0]["easy"] < 0.2 * shares[0.0]["easy"]
+
+
+def test_a_run_resumed_past_a_scoring_point_is_not_scored_there(fast_config, tmp_path):
+    from detector.ablation import KeptImages, run_one
+    from detector.train import train
+
+    fast_config.train.max_steps = 2
+    train(fast_config)  # interrupted after its last step, before any scoring
+    test_images = KeptImages(DigitCanvas("test", fast_config.data))
+    result = run_one(fast_config, IMBALANCE_ROWS[0], DigitCanvas("train", fast_config.data), test_images, (0.5, 1.0))
+    assert [p["step"] for p in result["curve"]] == [2]
+    assert result["cpu_seconds_per_step"] is None  # no step trained by this call
