@@ -205,15 +205,38 @@ def _spread(values: list[float], digits: int = 1) -> str:
     return f"{100 * statistics.mean(values):+.{digits}f} ± {100 * statistics.stdev(values):.{digits}f}"
 
 
-def imbalance_runs(results: Path) -> dict[tuple[str, str], dict[int, dict]]:
-    """(setting, row) -> seed -> result line, for the settings' current budgets."""
+def imbalance_runs(results: Path, longer: bool = False) -> dict[tuple[str, str], dict[int, dict]]:
+    """(setting, row) -> seed -> result line, at the settings' budgets (longer: at larger ones)."""
     runs: dict[tuple[str, str], dict[int, dict]] = {}
     for line in results.read_text().splitlines() if results.exists() else []:
         if line.strip():
             r = json.loads(line)
-            if r["setting"] in SETTINGS and r["steps"] == SETTINGS[r["setting"]].steps:
+            budget = SETTINGS[r["setting"]].steps if r["setting"] in SETTINGS else None
+            if budget is not None and (r["steps"] > budget if longer else r["steps"] == budget):
                 runs.setdefault((r["setting"], r["row"]), {})[r["seed"]] = r
     return runs
+
+
+def longer_budgets(runs: dict) -> str:
+    """The runs at budgets beyond their setting's: one row per (setting, loss)."""
+    if not runs:
+        return ""
+    lines = [
+        "\n**Longer budgets** (runs beyond their setting's budget)\n",
+        "| setting | loss | steps x images | seeds | AP | AP gain over CE (same seeds) | AP change over the last 25 % "
+        "| AP at 25 / 50 / 75 / 100 % of the budget | push at the end: positive / easy / hard |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (name, row), by_seed in sorted(runs.items(), key=lambda item: (list(SETTINGS).index(item[0][0]), item[0][1])):
+        done = list(by_seed.values())
+        curve = " / ".join(f"{100 * ap:.1f}" for _, ap in sorted(curve_at(done[0]).items())) if len(done) == 1 else "–"
+        gain = "–" if row == "ce" else _spread(gains(runs, name, row))
+        change = [c for c in map(last_quarter_change, done) if c is not None]
+        lines.append(
+            f"| {name} | {row} | {done[0]['steps']} x {done[0]['images'] // done[0]['steps']} | {len(done)} "
+            f"| {mean_std([r['AP'] for r in done])} | {gain} | {_spread(change)} | {curve} | {push_at_end(done)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def gains(runs: dict, setting: str, row: str) -> list[float]:
@@ -374,7 +397,7 @@ def imbalance_report(runs_dir: Path, report: Path, figures: Path, seeds: int = 3
     foreground = json.loads(path.read_text()) if path.exists() else {}
     plot_imbalance(runs, foreground, figures / "imbalance_gain.png")
     plot_imbalance_curves(runs, figures / "imbalance_curves.png")
-    text = imbalance_tables(runs, foreground, seeds)
+    text = imbalance_tables(runs, foreground, seeds) + longer_budgets(imbalance_runs(figures / "imbalance.jsonl", True))
     replace_between(report, IMBALANCE_START, IMBALANCE_END, text)
     return text
 
