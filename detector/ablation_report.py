@@ -318,6 +318,16 @@ def imbalance_tables(runs: dict, foreground: dict, seeds: int) -> str:
     return text
 
 
+def converged(runs: dict, setting: str, tolerance: float = 0.01) -> bool:
+    """Whether the setting's best loss (highest mean AP) changed by less than 1 AP over its last 25 %."""
+    done = {row: list(by_seed.values()) for (name, row), by_seed in runs.items() if name == setting and by_seed}
+    if not done:
+        return False
+    best = max(done.values(), key=lambda rs: statistics.mean(r["AP"] for r in rs))
+    changes = [c for c in map(last_quarter_change, best) if c is not None]
+    return bool(changes) and abs(statistics.mean(changes)) < tolerance
+
+
 def plot_imbalance(runs: dict, foreground: dict, png: Path) -> None:
     """AP gain over cross entropy against the foreground fraction: seed mean ± std, and each seed."""
     from detector.plots import plt
@@ -335,13 +345,15 @@ def plot_imbalance(runs: dict, foreground: dict, png: Path) -> None:
             means.append(100 * statistics.mean(values))
             stds.append(100 * statistics.stdev(values) if len(values) > 1 else 0.0)
             ax.scatter([x] * len(values), [100 * v for v in values], s=10, color=colour, alpha=0.35)
+            if not converged(runs, name):
+                ax.scatter([x], [means[-1]], s=90, facecolors="white", edgecolors=colour, zorder=3)
         if xs:
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour, label=row.name)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("foreground fraction (positive anchors / all anchors)")
     ax.set_ylabel("AP gain over cross entropy (AP points)")
-    ax.set_title("mean ± std over seeds (dots: single seeds)")
+    ax.set_title("mean ± std over seeds (dots: single seeds; open: not converged)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
