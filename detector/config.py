@@ -116,6 +116,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_steps: int = 200
+    # "cosine" to 0 over the budget, or "step": the lr times `lr_decay_factor` at each
+    # fraction of the budget in `lr_decay_at` (the paper: 0.1 at 60k and 80k of 90k).
+    lr_schedule: str = "cosine"
+    lr_decay_at: tuple[float, ...] = (2 / 3, 8 / 9)
+    lr_decay_factor: float = 0.1
     max_steps: int = 20000
     # Wall-clock budget. The cosine schedule follows whichever of steps or minutes
     # runs out first, so a slower (shared) machine still ends at a low learning

@@ -153,11 +153,14 @@ def ohem_selection(
     `detector.matcher` (num_classes = background, -1 = ignored). Returns (B, N) bool.
     """
     selected = torch.zeros_like(labels, dtype=torch.bool)
+    suppresses = _any_overlap_above(boxes, nms_threshold)
     for image, (scores, image_labels) in enumerate(zip(anchor_loss, labels)):
         candidates = torch.nonzero(image_labels >= 0).squeeze(1)
-        survivors = candidates[
-            torchvision.ops.nms(boxes[candidates].float(), scores[candidates].float(), nms_threshold)
-        ]
+        if suppresses:
+            order = torchvision.ops.nms(boxes[candidates].float(), scores[candidates].float(), nms_threshold)
+        else:  # NMS would keep every box: only its ordering, highest loss first, remains
+            order = torch.argsort(scores[candidates], descending=True, stable=True)
+        survivors = candidates[order]
         if negatives_per_positive > 0:
             is_positive = image_labels[survivors] < num_classes
             positives = survivors[is_positive][: int(num_keep / (1 + negatives_per_positive))]

@@ -42,10 +42,15 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def learning_rate(config: TrainConfig, step: int, time_fraction: float) -> float:
-    """Linear warm-up, then cosine decay over whichever budget (steps, minutes) ends first."""
+    """Linear warm-up, then cosine or step decay over whichever budget (steps, minutes) ends first."""
     progress = min(1.0, max(step / config.max_steps, time_fraction))
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    return config.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.lr_schedule == "cosine":
+        return config.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.lr_schedule == "step":
+        decays = sum(progress >= at for at in config.lr_decay_at)
+        return config.lr * warmup * config.lr_decay_factor**decays
+    raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {config.lr_schedule!r}")
 
 
 IMAGES_PER_SEED = 2**24
