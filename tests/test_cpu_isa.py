@@ -174,11 +174,12 @@ def test_vector_exp_within_2_ulp_over_the_whole_float_range(isa):
     assert err.max().item() <= 2.0, f"max error {err.max().item():.2f} ulp at x = {x[~overflow][err.argmax()].item()}"
 
 
-def test_vector_log1p_unit_within_3_ulp_on_its_domain(isa):
+def test_vector_log1p_unit_within_2_5_ulp_on_its_domain(isa):
+    """The degree-9 polynomial: 1.8 ulp with FMA (AVX2, AVX-512), 2.15 without (portable)."""
     x = torch.cat([float32_grid(0, 0x3F800000, 251), torch.linspace(0, 1, 100_001)])  # every float in [0, 1] / 251
     got = ops._cpu_vec_math(x, "log1p_unit")
     err = ulp_error(got, torch.log1p(x.double()))
-    assert err.max().item() <= 3.0, f"max error {err.max().item():.2f} ulp at x = {x[err.argmax()].item()}"
+    assert err.max().item() <= 2.5, f"max error {err.max().item():.2f} ulp at x = {x[err.argmax()].item()}"
 
 
 def test_vec_math_op_checks_its_arguments(isa):
