@@ -58,7 +58,7 @@ test: install
 # the CPU instruction-set builds, the detector, the benchmark) run once.
 EMULATED_TESTS = tests --ignore=tests/detector --ignore=tests/test_benchmarks.py --ignore=tests/test_packaging.py \
 	--ignore=tests/test_cpu_isa.py --ignore=tests/test_cpu_isa_cases.py
-DEVICE_TESTS = tests/test_kernel_paths.py
+DEVICE_TESTS = tests/test_kernel_paths.py tests/test_bits.py
 emulated_lib = build/$(1)/focal_loss_ext/_C.abi3.so
 build_emulated = FOCAL_LOSS_EXT_CUDA=0 FOCAL_LOSS_EXT_EMULATE_CUDA=1 $(2) \
 	$(PYTHON) setup.py -q build_ext --build-lib build/$(1) --build-temp build/$(1)/obj
