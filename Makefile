@@ -51,7 +51,7 @@ test: install
 # The emulated-CUDA flavour (csrc/emu): built in a folder of its own and loaded in place of the
 # in-place library through FOCAL_LOSS_EXT_LIBRARY, so the normal build is left alone. Its CPU
 # kernels are the CUDA kernels, so every CPU-tensor test of the operators runs them, with blocks
-# in order on an H100-sized device. The kernel-path tests (every load path, with enough rows
+# in order on an H100-sized device. The kernel-path and bit tests (every load path, enough rows
 # that a persistent grid loops) run again in reverse on one multiprocessor and shuffled on
 # seven, so that grid-stride carries are exercised and block order cannot matter. Tests that
 # set the device themselves (test_emulated_device.py) or run no kernel of their own (packaging,
