@@ -68,16 +68,13 @@ def test_import_loads_a_library_recorded_for_this_torch(tmp_path):
     assert result.stdout.splitlines()[0] == str(library)
 
 
-def test_a_package_without_its_library_says_how_to_build_it(tmp_path):
-    shutil.copytree(
-        REPO / "focal_loss_ext", tmp_path / "focal_loss_ext", ignore=shutil.ignore_patterns("*.so", "_build_*")
-    )
-    env = {key: value for key, value in os.environ.items() if key != "FOCAL_LOSS_EXT_LIBRARY"}
-    code = "import focal_loss_ext"
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "compiled library (_C) is not in" in result.stderr, result.stderr
-    assert "pip install --no-build-isolation ." in result.stderr
+def test_a_package_without_its_library_says_how_to_build_it(monkeypatch):
+    # Asked of the loader itself: an editable install (make install) answers a fresh
+    # interpreter's `import focal_loss_ext` from the checkout whatever copy sits in its folder.
+    monkeypatch.setattr(_library.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"compiled library \(_C\) is not in") as error:
+        _library.library_in_package()
+    assert "pip install --no-build-isolation ." in str(error.value)
 
 
 def test_python_requirement_is_the_limited_api_the_library_is_built_for():
