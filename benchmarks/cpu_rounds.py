@@ -29,6 +29,7 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 from benchmarks import cases, report  # noqa: E402
+from focal_loss_ext import sigmoid_focal_loss  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--isas", help="comma-separated vector paths (default: avx512 and avx2 where this CPU has them)"
     )
     parser.add_argument("--no-torchvision", action="store_true", help="only ours and the copy")
+    parser.add_argument(
+        "--anatomy",
+        action="store_true",
+        help="instead: ours, int labels and float targets x (forward, forward+backward) x ('sum', 'none'), "
+        "on the current path, plus the copy and an allocation + fill of a logits-sized buffer",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     return parser.parse_args(argv)
 
@@ -50,8 +57,33 @@ def ours_step(inputs: cases.Inputs, targets: str, mode: str):
     return cases.make_step(impl.make_loss(), inputs, mode)
 
 
+def anatomy_cases(args) -> dict[str, tuple]:
+    """Targets x mode x reduction on the current path: where integer labels or the gradient cost."""
+    x = cases.make_inputs(args.anchors, torch.float32, torch.device("cpu"), seed=0)
+    out = {}
+    for targets in ("int", "float"):
+        t = x.labels if targets == "int" else x.onehot
+        for mode in ("forward", "forward+backward"):
+            for reduction in ("sum", "none"):
+
+                def loss_fn(inputs, t=t, reduction=reduction):
+                    loss = sigmoid_focal_loss(
+                        inputs.logits, t, cases.ALPHA, cases.GAMMA, reduction, normalizer=inputs.num_pos
+                    )
+                    return loss if reduction == "sum" else loss.sum()
+
+                out[f"{targets} {mode} {reduction}"] = (None, cases.make_step(loss_fn, x, mode))
+    source = x.logits.detach()
+    target = torch.empty_like(source)
+    out["copy"] = (None, lambda: target.copy_(source))
+    out["allocate + fill"] = (None, lambda: torch.empty_like(source).fill_(0))
+    return out
+
+
 def build_cases(args) -> dict[str, tuple]:
     """name -> (isa or None, step)."""
+    if args.anatomy:
+        return anatomy_cases(args)
     device = torch.device("cpu")
     f32 = cases.make_inputs(args.anchors, torch.float32, device, seed=0)
     bf16 = cases.make_inputs(args.anchors, torch.bfloat16, device, seed=0)
@@ -146,7 +178,7 @@ def main(argv=None) -> None:
     text = "\n".join(lines)
     print(text)
     vendor = "intel" if "intel" in env["cpu_model"].lower() else "amd" if "amd" in env["cpu_model"].lower() else "cpu"
-    stem = f"cpu-rounds-{vendor}-{args.threads}t-{env['date'][:10]}"
+    stem = f"cpu-rounds-{vendor}-{'anatomy-' if args.anatomy else ''}{args.threads}t-{env['date'][:10]}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
     command = "python benchmarks/cpu_rounds.py " + " ".join(sys.argv[1:] if argv is None else argv)
