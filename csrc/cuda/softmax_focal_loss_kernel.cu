@@ -100,23 +100,31 @@ __global__ void __launch_bounds__(kThreads)
       opmath_t m = -std::numeric_limits<opmath_t>::infinity();
       for_lane_classes(x, C, lane, [&](int64_t, opmath_t z) { m = math::max(m, z); });
       m = warp_all_max(m);
-      opmath_t exp_sum = 0;
-      for_lane_classes(x, C, lane, [&](int64_t, opmath_t z) { exp_sum += math::exp(z - m); });
-      const opmath_t lse = m + math::log(warp_all_sum(exp_sum));  // log sum_k exp(z_k)
+      // log p_k = (z_k - m) - log_norm, with log_norm = log1p(R) summed apart from the max's own
+      // 1, so that a confident row's tiny loss keeps its relative precision (focal_loss_math.h)
+      opmath_t shares = 0;
+      opmath_t at_max = 0;
+      for_lane_classes(x, C, lane, [&](int64_t, opmath_t z) {
+        shares += softmax_share_below_max(z, m);
+        at_max += softmax_at_max(z, m);
+      });
+      const opmath_t log_norm = softmax_log_norm(warp_all_sum(shares), warp_all_sum(at_max));
+      const auto log_p_of = [&](opmath_t z) { return (z - m) - log_norm; };
 
       const opmath_t w_row = io.weight != nullptr ? io.weight[row] : opmath_t(1);
       const opmath_t row_grad_prescale = w_row * scales.grad_prescale;
       opmath_t row_loss;
       if constexpr (kHard) {
-        const opmath_t log_p_y = static_cast<opmath_t>(x[label]) - lse;
+        const opmath_t log_p_y = log_p_of(static_cast<opmath_t>(x[label]));
         const LossGrad<opmath_t> term =
             softmax_focal_term<kGamma>(log_p_y, io.alpha != nullptr ? io.alpha[label] : opmath_t(1), a.gamma);
         row_loss = term.loss;
         if (g != nullptr) {
           const opmath_t coef = -term.grad * row_grad_prescale;
           const opmath_t at_label = softmax_label_grad(term.grad, log_p_y) * row_grad_prescale;
-          store_lane_grads<true>(
-              x, g, C, lane, [&](int64_t k, opmath_t z) { return k == label ? at_label : math::exp(z - lse) * coef; });
+          store_lane_grads<true>(x, g, C, lane, [&](int64_t k, opmath_t z) {
+            return k == label ? at_label : math::exp(log_p_of(z)) * coef;
+          });
         }
       } else {
         // Class k's term; evaluated twice (sums, then gradient) instead of kept, as there is no
@@ -135,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
         opmath_t loss_sum = 0;
         opmath_t u_sum = 0;
         for_lane_classes(x, C, lane, [&](int64_t k, opmath_t z) {
-          const LossGrad<opmath_t> term = class_term(k, z - lse);
+          const LossGrad<opmath_t> term = class_term(k, log_p_of(z));
           loss_sum += term.loss;
           u_sum += term.grad;
         });
@@ -143,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
         u_sum = warp_all_sum(u_sum);
         if (g != nullptr) {
           store_lane_grads<true>(x, g, C, lane, [&](int64_t k, opmath_t z) {
-            const opmath_t log_p = z - lse;
+            const opmath_t log_p = log_p_of(z);
             return (class_term(k, log_p).grad - math::exp(log_p) * u_sum) * row_grad_prescale;
           });
         }
