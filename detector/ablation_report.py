@@ -288,8 +288,9 @@ def imbalance_tables(runs: dict, foreground: dict, seeds: int) -> str:
         }
         cells = [f"{1000 * statistics.median(v):.0f}" if v else "–" for v in cost.values()]
         digits = info.get("digits_per_image", [SETTINGS[name].data["min_digits"], SETTINGS[name].data["max_digits"]])
+        span = f"{digits[0]}" if digits[0] == digits[1] else f"{digits[0]}-{digits[1]}"
         lines.append(
-            f"| {name} | {digits[0]}-{digits[1]} | {info.get('foreground_fraction', float('nan')):.4f} "
+            f"| {name} | {span} | {info.get('foreground_fraction', float('nan')):.4f} "
             f"| {info.get('positives_per_image', float('nan')):.1f} of {info.get('anchors_per_image', '–')} "
             f"| {SETTINGS[name].steps} x 4 | {SETTINGS[name].data['num_test_images']} "
             f"| {cells[0]}; {cells[1]} | {len(done)} / {planned} |"
