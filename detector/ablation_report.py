@@ -288,8 +288,9 @@ def imbalance_tables(runs: dict, foreground: dict, seeds: int) -> str:
         }
         cells = [f"{1000 * statistics.median(v):.0f}" if v else "–" for v in cost.values()]
         digits = info.get("digits_per_image", [SETTINGS[name].data["min_digits"], SETTINGS[name].data["max_digits"]])
+        span = f"{digits[0]}" if digits[0] == digits[1] else f"{digits[0]}-{digits[1]}"
         lines.append(
-            f"| {name} | {digits[0]}-{digits[1]} | {info.get('foreground_fraction', float('nan')):.4f} "
+            f"| {name} | {span} | {info.get('foreground_fraction', float('nan')):.4f} "
             f"| {info.get('positives_per_image', float('nan')):.1f} of {info.get('anchors_per_image', '–')} "
             f"| {SETTINGS[name].steps} x 4 | {SETTINGS[name].data['num_test_images']} "
             f"| {cells[0]}; {cells[1]} | {len(done)} / {planned} |"
@@ -328,8 +329,11 @@ def converged(runs: dict, setting: str, tolerance: float = 0.01) -> bool:
     return bool(changes) and abs(statistics.mean(changes)) < tolerance
 
 
-def plot_imbalance(runs: dict, foreground: dict, png: Path) -> None:
-    """AP gain over cross entropy against the foreground fraction: seed mean ± std, and each seed."""
+def plot_imbalance(runs: dict, foreground: dict, png: Path, longer: dict | None = None) -> None:
+    """AP gain over cross entropy against the foreground fraction: seed mean ± std, and each seed.
+
+    `longer`: runs beyond their setting's budget, drawn as stars beside the setting's point.
+    """
     from detector.plots import plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -349,11 +353,18 @@ def plot_imbalance(runs: dict, foreground: dict, png: Path) -> None:
                 ax.scatter([x], [means[-1]], s=90, facecolors="white", edgecolors=colour, zorder=3)
         if xs:
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour, label=row.name)
+        for name in SETTINGS:
+            values = gains(longer or {}, name, row.name)
+            if values and name in foreground:
+                steps = next(iter(longer[(name, row.name)].values()))["steps"]
+                x = foreground[name]["foreground_fraction"] * (1 + 0.04 * (index - 2))
+                label = f"{row.name}, {steps} steps"
+                ax.scatter([x] * len(values), [100 * v for v in values], marker="*", s=120, color=colour, label=label)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("foreground fraction (positive anchors / all anchors)")
     ax.set_ylabel("AP gain over cross entropy (AP points)")
-    ax.set_title("mean ± std over seeds (dots: single seeds; open: not converged)", fontsize=10)
+    ax.set_title("mean ± std over seeds (dots: single seeds; open: not converged; stars: longer runs)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -407,9 +418,10 @@ def imbalance_report(runs_dir: Path, report: Path, figures: Path, seeds: int = 3
     runs = imbalance_runs(figures / "imbalance.jsonl")
     path = figures / "imbalance_foreground.json"
     foreground = json.loads(path.read_text()) if path.exists() else {}
-    plot_imbalance(runs, foreground, figures / "imbalance_gain.png")
+    longer = imbalance_runs(figures / "imbalance.jsonl", True)
+    plot_imbalance(runs, foreground, figures / "imbalance_gain.png", longer)
     plot_imbalance_curves(runs, figures / "imbalance_curves.png")
-    text = imbalance_tables(runs, foreground, seeds) + longer_budgets(imbalance_runs(figures / "imbalance.jsonl", True))
+    text = imbalance_tables(runs, foreground, seeds) + longer_budgets(longer)
     replace_between(report, IMBALANCE_START, IMBALANCE_END, text)
     return text
 

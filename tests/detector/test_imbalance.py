@@ -150,7 +150,8 @@ def test_report_pairs_gains_by_seed_and_reads_convergence_from_the_curve(tmp_pat
     runs_dir.mkdir()
     figures.mkdir()
     lines = [line("ce", 0, 0.50), line("ce", 1, 0.40), line("fl-gamma2", 0, 0.55, ap75=0.50), line("fl-gamma2", 2, 0.9)]
-    lines.append({**line("ce", 2, 0.1), "steps": 2 * steps, "images": 8 * steps})  # a longer budget
+    for row, ap in (("ce", 0.1), ("fl-gamma2", 0.3)):  # a longer budget
+        lines.append({**line(row, 2, ap), "steps": 2 * steps, "images": 8 * steps})
     (runs_dir / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (runs_dir / "foreground.json").write_text(
         json.dumps({"fg2": {"foreground_fraction": 0.0236, "anchors_per_image": 3069, "positives_per_image": 72.4}})
@@ -169,7 +170,8 @@ def test_report_pairs_gains_by_seed_and_reads_convergence_from_the_curve(tmp_pat
     assert "| fl-gamma2 | 2 | 72.5 ± 24.7 |" in text and "| +5.0 | +" in text
     assert "| fg2 | 8-12 | 0.0236 | 72.4 of 3069 |" in text and "| 4 / 18 |" in text
     assert "| 69.5 / 70.5 / 69.5 / 72.5 | 50 % / 10 % / 10 % |" in text  # fl-gamma2: seeds 0 and 2
-    assert f"| fg2 | ce | {2 * steps} x 4 | 1 | 10.0 | – |" in text  # the longer run, in a table of its own
+    assert f"| fg2 | ce | {2 * steps} x 4 | 1 | 10.0 | – |" in text  # the longer runs, in a table of their own
+    assert f"| fg2 | fl-gamma2 | {2 * steps} x 4 | 1 | 30.0 | +20.0 |" in text
     body = report.read_text()
     assert body.startswith("before\n") and body.endswith("after\n") and "old" not in body
     assert (figures / "imbalance_gain.png").exists() and (figures / "imbalance_curves.png").exists()
