@@ -14,7 +14,6 @@ import torch
 from helpers import (
     DEVICES,
     DTYPES,
-    EMULATED_CUDA,
     assert_close_to_reference,
     make_labels,
     make_logits,
@@ -32,6 +31,7 @@ from focal_loss_ext import (
     softmax_focal_loss,
     softmax_focal_loss_reference,
 )
+from focal_loss_ext._ops import OPMATH_LOSS
 
 ROWS = 150
 DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
@@ -157,21 +157,20 @@ def test_scale_grad_every_path(device, dtype, numel, offset):
     torch.testing.assert_close(grad, expected, atol=0, rtol=0)
 
 
-@pytest.mark.skipif(not EMULATED_CUDA, reason="the loss-dtype hook is the emulated device's")
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("op", OPERATORS, ids=str)
-def test_loss_in_opmath(monkeypatch, op, dtype, reduction):
+def test_loss_in_opmath(op, dtype, reduction):
     """The kernels write the loss in the loss tensor's dtype: float32 for half inputs when
-    make_problem allocates it so (autocast; forced here by the emulated device's hook). It holds
-    the half-dtype loss before its rounding, and the gradient is unchanged."""
+    the operator is asked for it (OPMATH_LOSS on the reduction code, as the autocast kernels do).
+    It holds the half-dtype loss before its rounding, and the gradient is unchanged."""
     shape = (ROWS, 7)  # 1050 elements: whole packs and a short last one
     x = make_logits(shape, dtype, "cpu")
     t = op.targets(op.forms[-1], shape, dtype, "cpu")
     args = op.raw_args(x, t, weight=torch.rand(ROWS) + 0.5, reduction=reduction, label_smoothing=0.1)
     loss, grad, grad_scale = op.op(*args)
-    monkeypatch.setenv("FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH", "1")
-    opmath_loss, opmath_grad, opmath_grad_scale = op.op(*args)
+    *head, code, compute_grad = args
+    opmath_loss, opmath_grad, opmath_grad_scale = op.op(*head, code + OPMATH_LOSS, compute_grad)
     assert loss.dtype == dtype and opmath_loss.dtype == torch.float32
     assert torch.equal(opmath_loss.to(dtype), loss)
     assert not torch.equal(opmath_loss, loss.float())  # float32 holds more than the rounded loss

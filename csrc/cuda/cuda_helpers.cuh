@@ -34,10 +34,6 @@ constexpr int kAccessBytes = 16;
 #ifndef FOCAL_LOSS_EXT_SHARED_ARRAY
 #define FOCAL_LOSS_EXT_SHARED_ARRAY(type, name, size) __shared__ type name[size]
 #endif
-// The emulated device's test hook on a problem about to run (csrc/emu); nothing here.
-#ifndef FOCAL_LOSS_EXT_PROBLEM_HOOK
-#define FOCAL_LOSS_EXT_PROBLEM_HOOK(p) static_cast<void>(p)
-#endif
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {

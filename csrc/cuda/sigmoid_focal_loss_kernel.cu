@@ -149,7 +149,6 @@ void launch_for_rule(FocalLossProblem& p, const ForwardArgs<at::opmath_type<scal
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sigmoid_losses(FocalLossProblem& p) {
-  FOCAL_LOSS_EXT_PROBLEM_HOOK(p);
   if (finish_empty(p)) return {p.loss, p.grad_input, p.grad_scale};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.inputs.scalar_type(), "sigmoid_focal_loss_cuda", [&] {
     // The outputs are fresh allocations, written from element 0 in whole packs: the kernel

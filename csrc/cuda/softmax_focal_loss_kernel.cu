@@ -195,7 +195,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_focal_loss_cuda(const at:
   FocalLossProblem p = make_problem(LossKind::SoftmaxFocal, inputs, targets, alpha_per_class, weight, normalizer,
                                     /*alpha=*/-1.0, gamma, /*beta=*/0.0, host_scale, label_smoothing, ignore_index,
                                     reduction, compute_grad);
-  FOCAL_LOSS_EXT_PROBLEM_HOOK(p);
   if (finish_empty(p)) return {p.loss, p.grad_input, p.grad_scale};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.inputs.scalar_type(), "softmax_focal_loss_cuda", [&] {
     auto args = make_forward_args<at::opmath_type<scalar_t>>(p);

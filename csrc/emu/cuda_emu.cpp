@@ -427,11 +427,6 @@ void install_poisoning_allocator() {
 
 }  // namespace
 
-bool loss_in_opmath() {
-  const char* v = std::getenv("FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
-
 // The multiprocessor counts of the devices given out so far, by device index.
 static std::mutex devices_mutex;
 static std::vector<int> device_sms;

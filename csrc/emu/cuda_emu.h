@@ -18,9 +18,6 @@
 // Run-time settings, read at every launch:
 //   FOCAL_LOSS_EXT_EMU_BLOCK_ORDER  forward (default), reverse, random, or random:SEED
 //   FOCAL_LOSS_EXT_EMU_SMS          multiprocessor count of the fake device (default 132, an H100)
-//   FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH  1: every problem's loss is allocated in the opmath dtype,
-//                                   as make_problem does under autocast, so that the kernels'
-//                                   opmath loss stores are tested for every dtype and reduction
 // Each FOCAL_LOSS_EXT_EMU_SMS value seen is a device of its own (c10::cuda::current_device()
 // gives 0 for the first, 1 for the next, ...), so that changing it between calls behaves like
 // moving to another GPU, and per-device caches in the kernels' host code stay right.
@@ -330,20 +327,6 @@ class Launch {
 #define FOCAL_LOSS_EXT_LAUNCH(kernel, grid, block, shared_bytes, stream)                                    \
   ::cuda_emu::Launch(::cuda_emu::LaunchSite{#kernel, __PRETTY_FUNCTION__, __FILE__, __LINE__}, grid, block, \
                      shared_bytes, [=](auto... kernel_args) { kernel(kernel_args...); })
-
-// ---- The problem hook (FOCAL_LOSS_EXT_EMU_LOSS_IN_OPMATH) -------------------------------------
-namespace cuda_emu {
-
-bool loss_in_opmath();
-
-template <typename Problem>
-void adjust_problem(Problem& p) {
-  if (loss_in_opmath()) p.loss = at::empty(p.loss.sizes(), p.loss.options().dtype(p.grad_scale.scalar_type()));
-}
-
-}  // namespace cuda_emu
-
-#define FOCAL_LOSS_EXT_PROBLEM_HOOK(p) ::cuda_emu::adjust_problem(p)
 
 // ---- Registration: the kernels' operators become the CPU kernels -----------------------------
 namespace cuda_emu {
